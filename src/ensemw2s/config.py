@@ -1,0 +1,411 @@
+"""Typed configuration: dataclass defaults < YAML file < ``--set a.b=c`` overrides.
+
+Every section is a dataclass; YAML keys are field names. Unknown keys, wrong types and out-of-range values
+raise :class:`ConfigError` naming the key and the allowed values, before any compute starts. Steps receive
+only their own section (serialised with :func:`section_to_json`) so that KFP caching reruns only what a
+change affects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem the user must fix; the message names the key and what is allowed."""
+
+
+def _check_choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
+
+
+def _check_positive(key: str, value: Any, *, zero_ok: bool = False) -> None:
+    if value is None:
+        return
+    if (value < 0) if zero_ok else (value <= 0):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ConfigError(f"{key}: {value!r} is out of range; it must be {bound}")
+
+
+def _check_nonempty(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: must be a non-empty string, got {value!r}")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def validate(self, key: str) -> None:
+        _check_positive(f"{key}.r", self.r)
+        _check_positive(f"{key}.alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{key}.dropout: {self.dropout!r} is out of range; it must be in [0, 1)")
+        if not self.target_modules:
+            raise ConfigError(f"{key}.target_modules: must name at least one module")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    scheduler: str = "cosine"
+    max_length: int = 256
+    max_steps: int = -1
+
+    SCHEDULERS = ("cosine", "linear", "constant")
+
+    def validate(self, key: str) -> None:
+        _check_positive(f"{key}.epochs", self.epochs)
+        _check_positive(f"{key}.batch_size", self.batch_size)
+        _check_positive(f"{key}.grad_accum", self.grad_accum)
+        _check_positive(f"{key}.lr", self.lr)
+        _check_positive(f"{key}.weight_decay", self.weight_decay, zero_ok=True)
+        _check_positive(f"{key}.max_length", self.max_length)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"{key}.warmup_ratio: {self.warmup_ratio!r} is out of range; it must be in [0, 1)")
+        _check_choice(f"{key}.scheduler", self.scheduler, self.SCHEDULERS)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"{key}.max_steps: {self.max_steps!r} is out of range; use -1 (epochs) or > 0")
+
+
+@dataclass
+class DataConfig:
+    """Which questions are easy (weak supervision, ID) and which are hard (pseudo-labelled, OOD)."""
+
+    easy: str = "arc_easy"
+    hard: str = "sciq"
+    # how to rank rows by difficulty when easy and hard come from one dataset:
+    # native (dataset labels), model_loss (weak base zero-shot loss), crossfit (k-fold error of a small
+    # fine-tuned model), grade, level, column (``difficulty_column``), random (baseline)
+    difficulty: str = "native"
+    difficulty_column: Optional[str] = None
+    jsonl_path: Optional[str] = None
+    hard_jsonl_path: Optional[str] = None
+    crossfit_folds: int = 2
+    easy_train: int = 160
+    easy_val: int = 50
+    easy_test: int = 100
+    hard_pool: int = 100
+    hard_test: int = 100
+    max_choices: int = 5
+
+    DIFFICULTY = ("native", "model_loss", "crossfit", "grade", "level", "column", "random")
+
+    def validate(self, key: str = "data") -> None:
+        from ensemw2s.data import DATASETS  # registry; imported late to keep config import-light
+
+        for side in ("easy", "hard"):
+            name = getattr(self, side)
+            _check_nonempty(f"{key}.{side}", name)
+            _check_choice(f"{key}.{side}", name, tuple(sorted(DATASETS)))
+        _check_choice(f"{key}.difficulty", self.difficulty, self.DIFFICULTY)
+        if self.difficulty == "column" and not self.difficulty_column:
+            raise ConfigError(f"{key}.difficulty_column: required when {key}.difficulty is 'column'")
+        for side, path_key in (("easy", "jsonl_path"), ("hard", "hard_jsonl_path")):
+            if getattr(self, side) == "jsonl" and not (getattr(self, path_key) or self.jsonl_path):
+                raise ConfigError(f"{key}.{path_key}: required when {key}.{side} is 'jsonl'")
+        for name in ("easy_train", "easy_val", "easy_test", "hard_pool", "hard_test"):
+            _check_positive(f"{key}.{name}", getattr(self, name))
+        _check_positive(f"{key}.max_choices", self.max_choices)
+        if self.crossfit_folds < 2:
+            raise ConfigError(f"{key}.crossfit_folds: {self.crossfit_folds!r} is out of range; it must be >= 2")
+
+
+@dataclass
+class ModelSection:
+    """A model and how to fine-tune it (used for the weak experts and for the strong student)."""
+
+    model: str = "smollm2-135m"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self, key: str) -> None:
+        _check_nonempty(f"{key}.model", self.model)
+        self.lora.validate(f"{key}.lora")
+        self.train.validate(f"{key}.train")
+
+
+@dataclass
+class BoostingConfig:
+    rounds: int = 3
+    alpha_rule: str = "prior"
+    sampling: str = "resample"
+    on_nonpositive_alpha: str = "skip"
+
+    SAMPLING = ("resample", "weighted")
+    ON_NONPOSITIVE = ("skip", "stop")
+
+    def validate(self, key: str = "boosting") -> None:
+        from ensemw2s.boosting import ALPHA_RULES
+
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"{key}.rounds: {self.rounds!r} is out of range; it must be an integer >= 1")
+        _check_choice(f"{key}.alpha_rule", self.alpha_rule, tuple(sorted(ALPHA_RULES)))
+        _check_choice(f"{key}.sampling", self.sampling, self.SAMPLING)
+        _check_choice(f"{key}.on_nonpositive_alpha", self.on_nonpositive_alpha, self.ON_NONPOSITIVE)
+
+
+@dataclass
+class EnsembleConfig:
+    combine: str = "prob"
+    max_new_tokens: int = 24
+    batch_size: int = 16
+    # how pseudo-labels are written: free generation (default) or choosing the best-scoring option
+    pseudo_label_mode: str = "generate"
+
+    COMBINE = ("prob", "vote")
+    PSEUDO_MODES = ("generate", "options")
+
+    def validate(self, key: str = "ensemble") -> None:
+        _check_choice(f"{key}.combine", self.combine, self.COMBINE)
+        _check_choice(f"{key}.pseudo_label_mode", self.pseudo_label_mode, self.PSEUDO_MODES)
+        _check_positive(f"{key}.max_new_tokens", self.max_new_tokens)
+        _check_positive(f"{key}.batch_size", self.batch_size)
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 24
+    batch_size: int = 16
+    # which accuracy the headline keys (``*_acc_id``/``*_acc_ood``) report; both are always stored
+    primary: str = "loglik"
+    generation: bool = True
+
+    PRIMARY = ("loglik", "generation")
+
+    def validate(self, key: str = "eval") -> None:
+        _check_choice(f"{key}.primary", self.primary, self.PRIMARY)
+        _check_positive(f"{key}.max_new_tokens", self.max_new_tokens)
+        _check_positive(f"{key}.batch_size", self.batch_size)
+        if self.primary == "generation" and not self.generation:
+            raise ConfigError(f"{key}.generation: must be true when {key}.primary is 'generation'")
+
+
+@dataclass
+class StorageConfig:
+    # None: the embedded SeaweedFS server (or S3_ENDPOINT_URL when set)
+    endpoint: Optional[str] = None
+    bucket: str = "ensemw2s"
+    region: str = "us-east-1"
+    prefix: str = "runs"
+    multipart_threshold_mb: int = 64
+    max_attempts: int = 5
+
+    def validate(self, key: str = "storage") -> None:
+        _check_nonempty(f"{key}.bucket", self.bucket)
+        _check_nonempty(f"{key}.prefix", self.prefix)
+        _check_positive(f"{key}.multipart_threshold_mb", self.multipart_threshold_mb)
+        _check_positive(f"{key}.max_attempts", self.max_attempts)
+        if self.endpoint is not None and not str(self.endpoint).startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.endpoint: {self.endpoint!r} must start with http:// or https://")
+
+
+@dataclass
+class ResourcesConfig:
+    """Cluster settings, applied only when the pipeline is compiled for Kubernetes."""
+
+    image: str = "ghcr.io/ensemw2s/ensemw2s:0.1.0-cpu"
+    gpu_image: str = "ghcr.io/ensemw2s/ensemw2s:0.1.0-cuda"
+    accelerator_type: str = "nvidia.com/gpu"
+    accelerator_limit: int = 1
+    node_selector: dict = field(default_factory=dict)
+    tolerations: list = field(default_factory=list)
+    s3_secret_name: str = "ensemw2s-s3"
+    cpu_request: str = "2"
+    memory_request: str = "8Gi"
+    gpu_memory_request: str = "32Gi"
+
+    def validate(self, key: str = "resources") -> None:
+        _check_nonempty(f"{key}.image", self.image)
+        _check_nonempty(f"{key}.gpu_image", self.gpu_image)
+        _check_positive(f"{key}.accelerator_limit", self.accelerator_limit, zero_ok=True)
+        _check_nonempty(f"{key}.s3_secret_name", self.s3_secret_name)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    experts: ModelSection = field(default_factory=ModelSection)
+    boosting: BoostingConfig = field(default_factory=BoostingConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    student: ModelSection = field(
+        default_factory=lambda: ModelSection(model="gemma3-270m", train=TrainConfig(epochs=1.0, lr=5e-4))
+    )
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def validate(self) -> "Config":
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed: {self.seed!r} is out of range; it must be an integer >= 0")
+        self.data.validate("data")
+        self.experts.validate("experts")
+        self.boosting.validate("boosting")
+        self.ensemble.validate("ensemble")
+        self.student.validate("student")
+        self.eval.validate("eval")
+        self.storage.validate("storage")
+        self.resources.validate("resources")
+        return self
+
+
+# --------------------------------------------------------------------------- building from plain data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; ints are accepted for floats. Raise ConfigError otherwise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping (section {_type_name(tp)}), got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
+        return value
+    if tp in (list, dict) or origin in (list, dict):
+        want = origin or tp
+        if not isinstance(value, want):
+            raise ConfigError(f"{key}: expected a {want.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r}; allowed keys{' in ' + prefix if prefix else ''}: "
+                              f"{', '.join(names)}")
+        kwargs[k] = _coerce(key, v, hints[k])
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """``["boosting.rounds=3", "student.lora.enabled=false"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. boosting.rounds=3")
+        k, v = item.split("=", 1)
+        if not k.strip():
+            raise ConfigError(f"--set {item!r}: empty key")
+        _set_path(tree, k.strip(), yaml.safe_load(v) if v.strip() else "")
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def safe_load_yaml(text: str, source: str = "<string>") -> Any:
+    """``yaml.safe_load`` with a message naming the file; Python object tags are refused."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML (only plain YAML is accepted, no object tags): {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults < YAML at ``path`` < ``overrides``; validated."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = safe_load_yaml(p.read_text(encoding="utf-8"), str(p))
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        data = loaded
+    data = _merge(data, parse_overrides(overrides))
+    return _from_dict(Config, data).validate()
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def section_to_json(section: Any) -> str:
+    """Stable JSON of a section: the string a pipeline step receives (and KFP's cache key sees)."""
+    return json.dumps(to_dict(section), sort_keys=True)
+
+
+def section_from_json(cls: type, text: str, key: str) -> Any:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{key}: not valid JSON: {exc}") from None
+    obj = _from_dict(cls, data, key)
+    if hasattr(obj, "validate"):
+        obj.validate(key)
+    return obj
+
+
+def config_hash(obj: Any) -> str:
+    """Short hash of a config or section, recorded in artifact manifests."""
+    return hashlib.sha256(json.dumps(to_dict(obj), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
