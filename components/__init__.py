@@ -1,0 +1,1 @@
+"""KFP components of the ensemw2s pipeline (one per step); see components/steps.py."""

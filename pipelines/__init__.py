@@ -1,0 +1,1 @@
+"""KFP pipelines: the EnsemW2S DAG (ensemw2s.py)."""

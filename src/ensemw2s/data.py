@@ -1,0 +1,314 @@
+"""Datasets, the question-row schema, prompts, and the difficulty split (DESIGN.md §4.1, §5).
+
+A dataset is one loader function registered with :func:`register_dataset`; it returns rows with the schema
+``{id, question, choices, answer, answer_index, difficulty, source, meta}`` plus ``split`` (the dataset's
+own train/validation/test split, or ``None`` when it has none). The split step turns the configured easy
+and hard sides into five disjoint splits: ``easy_train``, ``easy_val``, ``easy_test`` (ID), ``hard_pool``
+(to pseudo-label) and ``hard_test`` (OOD).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+SPLITS = ("easy_train", "easy_val", "easy_test", "hard_pool", "hard_test")
+REQUIRED_FIELDS = ("id", "question", "choices", "answer", "answer_index")
+LETTERS = "ABCDEFGHIJ"
+
+
+class DataError(ValueError):
+    """Bad data: the message names the file and the row id (or line number)."""
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def stable_id(question: str, choices: Iterable[str] = ()) -> str:
+    """Stable example id: a hash of the normalised question text and its options."""
+    text = " ".join(question.split()).lower() + "\x1f" + "\x1f".join(" ".join(c.split()).lower() for c in choices)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def validate_row(row: dict, where: str) -> dict:
+    """Check one question row; raise DataError naming ``where`` and the row id."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: row is not a JSON object")
+    rid = row.get("id", "<no id>")
+    missing = [k for k in REQUIRED_FIELDS if k not in row]
+    if missing:
+        raise DataError(f"{where}: row {rid!r} is missing field(s) {', '.join(missing)}")
+    if not isinstance(rid, str) or not rid:
+        raise DataError(f"{where}: row id must be a non-empty string, got {rid!r}")
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        raise DataError(f"{where}: row {rid!r} has an empty question")
+    choices = row["choices"]
+    if not isinstance(choices, list) or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise DataError(f"{where}: row {rid!r}: choices must be a list of non-empty strings")
+    if not choices:
+        raise DataError(f"{where}: row {rid!r} has empty choices (multiple-choice rows need options)")
+    idx = row["answer_index"]
+    if idx is not None:
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(choices):
+            raise DataError(f"{where}: row {rid!r}: answer_index {idx!r} is out of range for "
+                            f"{len(choices)} choices")
+        if row["answer"] != choices[idx]:
+            raise DataError(f"{where}: row {rid!r}: answer does not equal choices[answer_index]")
+    if not isinstance(row["answer"], str) or not row["answer"].strip():
+        raise DataError(f"{where}: row {rid!r} has an empty answer")
+    d = row.get("difficulty")
+    if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or math.isnan(d)):
+        raise DataError(f"{where}: row {rid!r}: difficulty must be a number or null, got {d!r}")
+    return row
+
+
+def read_jsonl(path: str | Path, *, validate: bool = True) -> list[dict]:
+    """Read question rows; invalid UTF-8, bad JSON (e.g. a truncated file), bad rows and duplicate ids are
+    errors naming the file and line or row id."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file not found: {p}")
+    rows, seen = [], set()
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{p}: not valid UTF-8 (byte {exc.start}): {exc.reason}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}: line {lineno} is not valid JSON (truncated file?): {exc.msg}") from None
+        if validate:
+            validate_row(row, f"{p}:{lineno}")
+            if row["id"] in seen:
+                raise DataError(f"{p}: duplicate id {row['id']!r} (line {lineno})")
+            seen.add(row["id"])
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+            n += 1
+    tmp.replace(p)
+    return n
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def format_prompt(row: dict) -> str:
+    """Question with lettered options, ending in ``Answer:``; the target is `` <option text>``."""
+    lines = [f"Question: {row['question'].strip()}"]
+    for letter, choice in zip(LETTERS, row["choices"]):
+        lines.append(f"{letter}. {choice.strip()}")
+    lines.append("Answer:")
+    return "\n".join(lines)
+
+
+def format_target(text: str) -> str:
+    return " " + text.strip()
+
+
+def normalise_answer(text: str) -> str:
+    """Lower-case, drop punctuation at the ends and collapse spaces (for generation match)."""
+    return " ".join(text.strip().strip(".,;:!?\"'").lower().split())
+
+
+def match_choice(generated: str, choices: list[str]) -> Optional[int]:
+    """Index of the option the generated text names: its normalised text, or a bare option letter."""
+    g = normalise_answer(generated.split("\n")[0])
+    norm = [normalise_answer(c) for c in choices]
+    if g in norm:
+        return norm.index(g)
+    for i, letter in enumerate(LETTERS[: len(choices)]):
+        if g in (letter.lower(), f"{letter.lower()}.", f"({letter.lower()})") or g.startswith(
+                f"{letter.lower()}. ") and g[3:] == norm[i]:
+            return i
+    return None
+
+
+# --------------------------------------------------------------------------- registry
+
+DatasetLoader = Callable[["DataConfig", str], list]  # (cfg, side) -> rows with a "split" key
+DATASETS: dict[str, dict] = {}
+
+
+def register_dataset(name: str, loader: DatasetLoader, *, license: str, description: str,
+                     chance: Optional[float] = None) -> None:
+    """Register a dataset loader ``loader(cfg, side) -> rows``; ``side`` is "easy" or "hard"."""
+    DATASETS[name] = {"loader": loader, "license": license, "description": description, "chance": chance}
+
+
+def _asset_rows(dataset: str, splits: dict[str, str]) -> list[dict]:
+    from ensemw2s import assets
+
+    rows = []
+    for native, ours in splits.items():
+        for r in read_jsonl(assets.dataset_file(dataset, native)):
+            rows.append({**r, "split": ours})
+    return rows
+
+
+def _load_arc_easy(cfg, side):
+    return _asset_rows("arc_easy", {"train": "train", "validation": "validation", "test": "test"})
+
+
+def _load_arc_challenge(cfg, side):
+    return _asset_rows("arc_challenge", {"train": "train", "validation": "validation", "test": "test"})
+
+
+def _load_arc(cfg, side):
+    return _load_arc_easy(cfg, side) + _load_arc_challenge(cfg, side)
+
+
+def _load_sciq(cfg, side):
+    return _asset_rows("sciq", {"validation": None})
+
+
+def _load_mmlu(cfg, side):
+    return _asset_rows("mmlu", {"validation": "validation", "test": "test"})
+
+
+def _load_jsonl(cfg, side):
+    path = (cfg.hard_jsonl_path if side == "hard" and cfg.hard_jsonl_path else cfg.jsonl_path)
+    rows = read_jsonl(path)
+    out = []
+    for r in rows:
+        r = dict(r)
+        r.setdefault("source", f"jsonl:{Path(path).name}")
+        r.setdefault("meta", {})
+        r["split"] = r.get("split") if r.get("split") in ("train", "validation", "test") else None
+        if cfg.difficulty == "column":
+            col = cfg.difficulty_column
+            value = r.get(col, r["meta"].get(col))
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(f"{path}: row {r['id']!r} has no numeric difficulty column {col!r}")
+            r["difficulty"] = float(value)
+        out.append(r)
+    return out
+
+
+register_dataset("arc_easy", _load_arc_easy, license="CC BY-SA 4.0", chance=0.25,
+                 description="ARC-Easy (AI2 Reasoning Challenge), official train/validation/test")
+register_dataset("arc_challenge", _load_arc_challenge, license="CC BY-SA 4.0", chance=0.25,
+                 description="ARC-Challenge, official train/validation/test")
+register_dataset("arc", _load_arc, license="CC BY-SA 4.0", chance=0.25,
+                 description="ARC-Easy (difficulty 0) + ARC-Challenge (difficulty 1)")
+register_dataset("sciq", _load_sciq, license="CC BY-NC 3.0", chance=0.25,
+                 description="SciQ validation (1000 rows), options shuffled per id")
+register_dataset("mmlu", _load_mmlu, license="MIT", chance=0.25,
+                 description="MMLU validation+test; difficulty = subject level (0 elementary .. 3 professional)")
+register_dataset("jsonl", _load_jsonl, license="user-provided", chance=None,
+                 description="any JSONL file with the row schema (difficulty column or data.difficulty_column)")
+
+
+def load_side(cfg, side: str) -> list[dict]:
+    name = getattr(cfg, side)
+    if name not in DATASETS:
+        raise DataError(f"data.{side}: unknown dataset {name!r}; registered: {', '.join(sorted(DATASETS))}")
+    rows = DATASETS[name]["loader"](cfg, side)
+    out, seen = [], set()
+    for r in rows:  # one question can appear in two native splits; keep its first occurrence
+        if r["id"] in seen:
+            continue
+        seen.add(r["id"])
+        if len(r["choices"]) > cfg.max_choices:
+            continue
+        out.append(r)
+    return out
+
+
+# --------------------------------------------------------------------------- split
+
+
+def _rng_key(row_id: str, seed: int) -> str:
+    return hashlib.sha1(f"{seed}:{row_id}".encode()).hexdigest()
+
+
+def shuffled(rows: list[dict], seed: int) -> list[dict]:
+    """Deterministic order that depends only on ids and seed (not on input order)."""
+    return sorted(rows, key=lambda r: _rng_key(r["id"], seed))
+
+
+def _take(rows: list[dict], n: int, used: set) -> list[dict]:
+    out = []
+    for r in rows:
+        if len(out) >= n:
+            break
+        if r["id"] not in used:
+            out.append(r)
+            used.add(r["id"])
+    return out
+
+
+def needs_model_difficulty(cfg) -> bool:
+    return cfg.easy == cfg.hard and cfg.difficulty in ("model_loss", "crossfit")
+
+
+def difficulty_value(row: dict, method: str) -> Optional[float]:
+    if method in ("native", "column", "level", "model_loss", "crossfit"):
+        return row.get("difficulty")
+    if method == "grade":
+        return (row.get("meta") or {}).get("grade")
+    return None
+
+
+def split_rows(cfg, easy_rows: list[dict], hard_rows: Optional[list[dict]], seed: int) -> dict[str, list[dict]]:
+    """Make the five disjoint splits.
+
+    Two datasets (``hard_rows`` given): easy splits come from the easy dataset (its official splits when
+    it has them), hard splits from the hard one. One dataset: rows are ranked by difficulty (ties broken by
+    a seeded hash) and cut in half, lower half easy; ``random`` halves at random (the baseline).
+    Rows with the dataset's official splits keep them (train -> easy_train/hard_pool, validation ->
+    easy_val, test -> easy_test/hard_test).
+    """
+    if hard_rows is None:
+        rows = easy_rows
+        if cfg.difficulty == "random":
+            ranked = shuffled(rows, seed + 1)
+        else:
+            scored = [r for r in rows if difficulty_value(r, cfg.difficulty) is not None]
+            if not scored:
+                raise DataError(f"data.difficulty={cfg.difficulty!r}: no row of {cfg.easy!r} has a difficulty "
+                                "value for this method")
+            ranked = sorted(scored, key=lambda r: (difficulty_value(r, cfg.difficulty), _rng_key(r["id"], seed)))
+        half = len(ranked) // 2
+        easy_rows, hard_rows = ranked[:half], ranked[half:]
+        if cfg.difficulty == "native" and cfg.easy == "arc":  # native labels: 0 easy / 1 hard
+            easy_rows = [r for r in rows if r.get("difficulty") == 0.0]
+            hard_rows = [r for r in rows if r.get("difficulty") == 1.0]
+    used: set = set()
+    out: dict[str, list[dict]] = {}
+    e = shuffled(easy_rows, seed)
+    h = shuffled(hard_rows, seed)
+    e_has = {r.get("split") for r in e} >= {"train", "test"}
+    h_has = {r.get("split") for r in h} >= {"train", "test"}
+
+    def pick(pool, native, n):
+        return _take([r for r in pool if native is None or r.get("split") in native], n, used)
+
+    # test sets first, so the biggest budget never eats the held-out questions
+    out["easy_test"] = pick(e, ("test",) if e_has else None, cfg.easy_test)
+    out["hard_test"] = pick(h, ("test",) if h_has else None, cfg.hard_test)
+    out["easy_val"] = pick(e, ("validation",) if e_has else None, cfg.easy_val)
+    out["easy_train"] = pick(e, ("train",) if e_has else None, cfg.easy_train)
+    out["hard_pool"] = pick(h, ("train", "validation") if h_has else None, cfg.hard_pool)
+    for name in SPLITS:
+        if not out[name]:
+            raise DataError(f"split {name!r} is empty after filtering (data.easy={cfg.easy!r}, "
+                            f"data.hard={cfg.hard!r}, data.difficulty={cfg.difficulty!r}); lower the sizes or "
+                            "pick another dataset")
+        out[name] = [{k: v for k, v in r.items() if k != "split"} for r in out[name]]
+    return out

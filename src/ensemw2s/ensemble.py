@@ -1,0 +1,541 @@
+"""Token-level weighted ensemble decoding over K causal LMs that share one tokenizer (DESIGN.md §4.3).
+
+Greedy decoding where every expert conditions on the same ensemble prefix. At each step the next token is
+
+* ``combine="prob"``: ``argmax_v sum_t a_t * softmax(logits_t)[v]`` with ``a_t = alpha_t / sum(alpha)``;
+* ``combine="vote"``: each expert votes for its own argmax token with weight ``a_t``; the token with the
+  largest total vote wins. **Ties** between tokens with the same vote total (e.g. two experts of equal weight
+  disagreeing) are broken by the probability-mixture score of the ``"prob"`` rule; a remaining exact tie goes
+  to the lowest token id (``torch.argmax`` semantics).
+
+Probabilities are computed in float32 whatever the models' dtype.
+
+:class:`EnsembleDecoder` is the fast path: prompts are decoded in left-padded batches, every expert keeps its
+own KV cache and only the newest token is fed after the prompt; sequences that reach EOS are dropped from the
+batch (and from every cache). :func:`reference_generate_ids` is the slow, obviously-correct definition: one
+prompt at a time, no cache, the whole prefix recomputed for every token. Tests require both to produce the
+same token ids.
+
+:meth:`EnsembleDecoder.from_lora_adapters` decodes K LoRA experts of one base model with a single
+``peft.PeftModel`` holding K named adapters: the base weights are in memory once, the active adapter is
+switched before each expert's forward, and each adapter keeps its own KV cache.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+COMBINE_MODES = ("prob", "vote")
+
+# Vote totals are sums of normalised weights (total 1); two totals closer than this are a tie.
+_VOTE_TIE_TOL = 1e-9
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pure helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def normalise_alphas(alphas: Sequence[float], expected: int | None = None) -> list[float]:
+    """``a_t = alpha_t / sum(alpha)``.
+
+    Raises ValueError when ``alphas`` is empty, when an alpha is not a finite number > 0, or when
+    ``expected`` (the number of experts) is given and differs from ``len(alphas)``.
+    """
+    values = list(alphas)
+    if not values:
+        raise ValueError("alphas is empty: an ensemble needs at least one expert weight")
+    if expected is not None and len(values) != expected:
+        raise ValueError(
+            f"got {len(values)} alphas for {expected} experts; need exactly one alpha per expert"
+        )
+    out: list[float] = []
+    for i, a in enumerate(values):
+        try:
+            f = float(a)
+        except (TypeError, ValueError):
+            raise ValueError(f"alpha[{i}] = {a!r} is not a number") from None
+        if not math.isfinite(f) or f <= 0.0:
+            raise ValueError(
+                f"alpha[{i}] = {a!r}: every expert weight must be a finite number > 0 "
+                "(AdaBoost rounds with alpha <= 0 must be dropped before decoding)"
+            )
+        out.append(f)
+    total = math.fsum(out)
+    return [f / total for f in out]
+
+
+def check_combine(combine: str) -> str:
+    if combine not in COMBINE_MODES:
+        raise ValueError(
+            f"combine must be one of {', '.join(repr(c) for c in COMBINE_MODES)}; got {combine!r}"
+        )
+    return combine
+
+
+def mixture_next_token_scores(
+    logits_list: Sequence[torch.Tensor], weights: Sequence[float], combine: str = "prob"
+) -> torch.Tensor:
+    """Scores ``[B, V]`` (float32) whose ``argmax(-1)`` is the ensemble's next token.
+
+    ``logits_list``: one ``[B, V]`` tensor per expert (next-token logits); ``weights``: normalised expert
+    weights (see :func:`normalise_alphas`).
+
+    * ``"prob"``: the mixture ``sum_t w_t softmax(logits_t)``. With a single expert the float32 logits are
+      returned instead (same argmax, and exactly what ``model.generate`` greedy compares).
+    * ``"vote"``: the probability mixture restricted to the tokens with the largest weighted vote, ``-inf``
+      elsewhere, so the argmax is the vote winner with ties broken by the mixture probability.
+    """
+    check_combine(combine)
+    if len(logits_list) != len(weights) or not logits_list:
+        raise ValueError(
+            f"need one weight per expert logits tensor; got {len(logits_list)} and {len(weights)}"
+        )
+    logits32 = [lg.float() for lg in logits_list]
+    for lg in logits32[1:]:
+        if lg.shape != logits32[0].shape:
+            raise ValueError(f"expert logits shapes differ: {tuple(lg.shape)} vs {tuple(logits32[0].shape)}")
+
+    if len(logits32) == 1:
+        # one expert: argmax of softmax == argmax of logits; the logits avoid exp() rounding two distinct
+        # logits onto the same probability, so K=1 reproduces model.generate(do_sample=False) exactly.
+        mix = logits32[0]
+    else:
+        mix = torch.zeros_like(logits32[0])
+        for w, lg in zip(weights, logits32):
+            # log-sum-exp-safe softmax: exp(l - logsumexp(l))
+            mix = mix + float(w) * torch.exp(lg - torch.logsumexp(lg, dim=-1, keepdim=True))
+    if combine == "prob":
+        return mix
+
+    votes = torch.zeros(logits32[0].shape, dtype=torch.float64, device=logits32[0].device)
+    for w, lg in zip(weights, logits32):
+        top = lg.argmax(dim=-1, keepdim=True)
+        votes.scatter_add_(-1, top, torch.full(top.shape, float(w), dtype=torch.float64, device=votes.device))
+    best = votes.max(dim=-1, keepdim=True).values
+    winners = votes >= best - _VOTE_TIE_TOL
+    return torch.where(winners, mix, torch.full_like(mix, float("-inf")))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# model plumbing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):
+        try:
+            return get_base()
+        except (AttributeError, NotImplementedError):  # pragma: no cover - defensive
+            return model
+    return model
+
+
+def _vocab_size(model: torch.nn.Module) -> int:
+    out_emb = None
+    try:
+        out_emb = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        out_emb = None
+    weight = getattr(out_emb, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return int(weight.shape[0])
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    size = getattr(config, "vocab_size", None)
+    if size is None:
+        raise ValueError(f"cannot tell the output vocabulary size of {type(model).__name__}")
+    return int(size)
+
+
+def check_same_vocab(models: Sequence[torch.nn.Module]) -> int:
+    """All experts must score the same vocabulary (they share one tokenizer). Returns its size."""
+    sizes = [_vocab_size(m) for m in models]
+    if len(set(sizes)) != 1:
+        detail = ", ".join(f"expert {i}: {s}" for i, s in enumerate(sizes))
+        raise ValueError(
+            f"experts have different vocabulary sizes ({detail}); ensemble decoding needs experts that share "
+            "one tokenizer and output vocabulary"
+        )
+    return sizes[0]
+
+
+def _input_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return next(model.parameters()).device
+
+
+def _forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
+    """(name of the cache kwarg, whether ``logits_to_keep`` is accepted) for this model's forward."""
+    params = inspect.signature(_unwrap(model).forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    return cache_kw, "logits_to_keep" in params
+
+
+def _as_id_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.flatten().tolist()]
+    try:
+        return [int(v) for v in value]
+    except TypeError:
+        return [int(value)]
+
+
+def eos_token_ids(models: Sequence[torch.nn.Module], tokenizer: Any) -> list[int]:
+    """Union of the tokenizer's EOS id and every model's ``generation_config.eos_token_id`` (int or list)."""
+    ids: list[int] = []
+    for cand in [getattr(tokenizer, "eos_token_id", None)] + [
+        getattr(getattr(m, "generation_config", None), "eos_token_id", None) for m in models
+    ]:
+        for i in _as_id_list(cand):
+            if i not in ids:
+                ids.append(i)
+    return ids
+
+
+def _pad_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None:
+        return int(pad)
+    return int(eos_ids[0]) if eos_ids else 0
+
+
+def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt with the tokenizer's default special tokens (BOS where it adds one)."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, not a single string")
+    encoded = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {i} ({prompts[i]!r}) tokenises to no tokens; nothing to condition on")
+    return encoded
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the decoder
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _Expert:
+    """One expert: a model to call, optionally the peft adapter to activate first."""
+
+    def __init__(self, model: torch.nn.Module, adapter: str | None = None):
+        self.model = model
+        self.adapter = adapter
+        self.device = _input_device(model)
+        self.cache_kw, self.has_logits_to_keep = _forward_kwargs(model)
+        self.config = _unwrap(model).config
+        self._set_adapter_inference_mode = adapter is not None and _accepts(
+            model.set_adapter, "inference_mode"
+        )
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    def last_logits(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+        if self.adapter is not None:
+            if self._set_adapter_inference_mode:
+                self.model.set_adapter(self.adapter, inference_mode=True)  # keep requires_grad off
+            else:
+                self.model.set_adapter(self.adapter)
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": attention_mask.to(self.device),
+            "position_ids": position_ids.to(self.device),
+            "use_cache": True,
+            self.cache_kw: cache,
+        }
+        if self.has_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        return out.logits[:, -1, :]
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class EnsembleDecoder:
+    """Greedy token-level weighted ensemble of K causal LMs sharing one tokenizer.
+
+    ``models``: K causal LMs (put in ``eval()``); ``alphas``: K positive expert weights (normalised here);
+    ``combine``: ``"prob"`` (weighted probability mixture) or ``"vote"`` (weighted hard vote, ties broken by
+    the mixture); ``batch_size``: prompts decoded together (left-padded); ``device``: if given, the models
+    are moved there (unless dispatched with a device map) and the mixture is computed there; by default the
+    first expert's input device. ``progress``: show a tqdm bar over batches.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[torch.nn.Module],
+        alphas: Sequence[float],
+        tokenizer: Any,
+        combine: str = "prob",
+        *,
+        batch_size: int = 16,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+        _adapter_names: Sequence[str] | None = None,
+    ):
+        models = list(models)
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        self.weights = normalise_alphas(alphas, expected=len(models))
+        self.combine = check_combine(combine)
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.tokenizer = tokenizer
+        self.progress = progress
+        self.vocab_size = check_same_vocab(models)
+
+        for m in {id(m): m for m in models}.values():
+            if device is not None and not getattr(_unwrap(m), "hf_device_map", None):
+                m.to(device)
+            m.eval()
+        adapters = list(_adapter_names) if _adapter_names is not None else [None] * len(models)
+        self._experts = [_Expert(m, a) for m, a in zip(models, adapters)]
+        self.device = torch.device(device) if device is not None else self._experts[0].device
+        self.eos_ids = eos_token_ids(models, tokenizer)
+        self.pad_id = _pad_id(tokenizer, self.eos_ids)
+        self.models = models
+
+    @property
+    def num_experts(self) -> int:
+        return len(self._experts)
+
+    # -- LoRA experts sharing one base ------------------------------------------------------------------------
+
+    @classmethod
+    def from_lora_adapters(
+        cls,
+        base_model: torch.nn.Module,
+        adapter_dirs: Sequence[str | os.PathLike],
+        alphas: Sequence[float],
+        tokenizer: Any,
+        combine: str = "prob",
+        *,
+        batch_size: int = 16,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+        adapter_names: Sequence[str] | None = None,
+    ) -> EnsembleDecoder:
+        """K LoRA experts of one base model: one ``PeftModel`` with K named adapters, base weights once.
+
+        ``base_model`` is wrapped in place (peft injects the LoRA layers into it); do not reuse it as a plain
+        model afterwards. Each expert's forward runs with its adapter active and its own KV cache.
+        """
+        from peft import PeftModel
+
+        dirs = [os.fspath(d) for d in adapter_dirs]
+        if not dirs:
+            raise ValueError("adapter_dirs is empty: an ensemble needs at least one expert")
+        names = (
+            list(adapter_names) if adapter_names is not None else [f"expert_{i}" for i in range(len(dirs))]
+        )
+        if len(names) != len(dirs) or len(set(names)) != len(names):
+            raise ValueError("adapter_names must be unique and one per adapter dir")
+        normalise_alphas(alphas, expected=len(dirs))  # fail before loading anything
+        if isinstance(base_model, PeftModel):
+            peft_model = base_model
+            for name, d in zip(names, dirs):
+                peft_model.load_adapter(d, adapter_name=name, is_trainable=False)
+        else:
+            peft_model = PeftModel.from_pretrained(
+                base_model, dirs[0], adapter_name=names[0], is_trainable=False
+            )
+            for name, d in zip(names[1:], dirs[1:]):
+                peft_model.load_adapter(d, adapter_name=name, is_trainable=False)
+        return cls(
+            [peft_model] * len(dirs),
+            alphas,
+            tokenizer,
+            combine,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            _adapter_names=names,
+        )
+
+    # -- decoding ---------------------------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Decoded continuations (special tokens skipped, whitespace stripped), one per prompt."""
+        return [
+            self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            for ids in self.generate_ids(prompts, max_new_tokens)
+        ]
+
+    def generate_ids(
+        self, prompts: Sequence[str], max_new_tokens: int, *, prune: bool = True
+    ) -> list[list[int]]:
+        """New token ids per prompt (EOS excluded), in the order of ``prompts``.
+
+        ``prune``: drop finished sequences from the batch and the caches (default); with ``prune=False`` they
+        stay in the batch and are fed the pad token (same results, kept for caches that cannot be sliced).
+        """
+        if int(max_new_tokens) < 0:
+            raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
+        encoded = _encode(self.tokenizer, prompts)
+        results: list[list[int]] = [[] for _ in encoded]
+        if not encoded or int(max_new_tokens) == 0:
+            return results
+        # longest first: batches of similar length waste less compute on padding
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(encoded), desc="ensemble decoding", unit="prompt")
+        try:
+            with torch.inference_mode():
+                for batch in batches:
+                    outs = self._decode_batch([encoded[i] for i in batch], int(max_new_tokens), prune)
+                    for i, ids in zip(batch, outs):
+                        results[i] = ids
+                    if bar is not None:
+                        bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    def _decode_batch(self, batch: list[list[int]], max_new_tokens: int, prune: bool) -> list[list[int]]:
+        n = len(batch)
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, width), dtype=torch.long)
+        for row, ids in enumerate(batch):  # left padding
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+        caches = [e.new_cache() for e in self._experts]
+        if prune and not all(callable(getattr(c, "batch_select_indices", None)) for c in caches):
+            prune = False
+        logits = [
+            e.last_logits(input_ids, attention_mask, position_ids, c) for e, c in zip(self._experts, caches)
+        ]
+        eos = torch.tensor(self.eos_ids if self.eos_ids else [-1], dtype=torch.long, device=self.device)
+        out: list[list[int]] = [[] for _ in range(n)]
+        rows = torch.arange(n)  # original row of each live batch entry
+        finished = torch.zeros(n, dtype=torch.bool)  # rows fed pad (only when not pruning)
+
+        for step in range(max_new_tokens):
+            scores = mixture_next_token_scores(
+                [lg.to(self.device) for lg in logits], self.weights, self.combine
+            )
+            next_tok = scores.argmax(dim=-1)
+            is_eos = torch.isin(next_tok, eos).cpu()
+            next_cpu = next_tok.cpu()
+            for j in range(next_cpu.shape[0]):
+                if not finished[j] and not is_eos[j]:
+                    out[int(rows[j])].append(int(next_cpu[j]))
+            done = is_eos | finished
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            if prune:
+                if bool(done.any()):
+                    keep = (~done).nonzero(as_tuple=True)[0]
+                    for c in caches:
+                        c.batch_select_indices(keep.to(_cache_device(c, self.device)))
+                    rows, attention_mask, next_cpu = rows[keep], attention_mask[keep], next_cpu[keep]
+                    finished = finished[keep]  # all False: the live rows
+            else:
+                finished = done
+                next_cpu = torch.where(finished, torch.full_like(next_cpu, self.pad_id), next_cpu)
+            attention_mask = torch.cat(
+                [attention_mask, torch.ones((attention_mask.shape[0], 1), dtype=torch.long)], dim=-1
+            )
+            position_ids = attention_mask.sum(-1, keepdim=True) - 1
+            step_ids = next_cpu.unsqueeze(-1)
+            logits = [
+                e.last_logits(step_ids, attention_mask, position_ids, c)
+                for e, c in zip(self._experts, caches)
+            ]
+        return out
+
+
+def _cache_device(cache: Any, default: torch.device) -> torch.device:
+    layers = getattr(cache, "layers", None)
+    keys = getattr(layers[0], "keys", None) if layers else None
+    return keys.device if isinstance(keys, torch.Tensor) else default
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the reference
+# --------------------------------------------------------------------------------------------------------------
+
+
+def reference_generate_ids(
+    models: Sequence[torch.nn.Module],
+    alphas: Sequence[float],
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    combine: str = "prob",
+) -> list[list[int]]:
+    """The obviously-correct ensemble decoder: one prompt at a time, no KV cache, no padding; every expert
+    recomputes the whole prefix for every new token. Returns the new token ids (EOS excluded)."""
+    models = list(models)
+    weights = normalise_alphas(alphas, expected=len(models))
+    check_combine(combine)
+    check_same_vocab(models)
+    eos = set(eos_token_ids(models, tokenizer))
+    for m in models:
+        m.eval()
+    mix_device = _input_device(models[0])
+    results: list[list[int]] = []
+    with torch.inference_mode():
+        for ids in _encode(tokenizer, prompts):
+            new: list[int] = []
+            for _ in range(int(max_new_tokens)):
+                logits = []
+                for m in models:
+                    x = torch.tensor([ids + new], dtype=torch.long, device=_input_device(m))
+                    logits.append(m(input_ids=x, use_cache=False).logits[:, -1, :].float().to(mix_device))
+                tok = int(mixture_next_token_scores(logits, weights, combine).argmax(dim=-1)[0])
+                if tok in eos:
+                    break
+                new.append(tok)
+            results.append(new)
+    return results
+
+
+__all__ = [
+    "COMBINE_MODES",
+    "EnsembleDecoder",
+    "check_combine",
+    "check_same_vocab",
+    "eos_token_ids",
+    "mixture_next_token_scores",
+    "normalise_alphas",
+    "reference_generate_ids",
+]

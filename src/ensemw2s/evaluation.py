@@ -1,0 +1,308 @@
+"""Accuracy by option log-likelihood and by generation, PGR, paired statistics, and the report.
+
+Option scoring of an ensemble uses the token-level alpha-mixture of its experts' probabilities:
+``log p_mix(option) = sum_j log sum_t a_t p_t(y_j | x, y_<j)``, length-normalised. The per-token
+log-probabilities of each expert are computed once and stored, so every prefix ensemble (rounds 1..t)
+is scored without another model pass.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ensemw2s.data import format_prompt, match_choice
+from ensemw2s.training import Encoded, encode_pair, teacher_forced
+
+MODELS = ("weak_single", "ensemble", "student_single", "student_ensemble", "ceiling")
+SPLIT_KEYS = {"easy_test": "id", "hard_test": "ood"}
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_length: int = 512) -> dict:
+    """``{row_id: [[logp of each token of option k] for k in options]}``.
+
+    The prompt is run once per question and its KV cache shared by all options (a question's options
+    differ only in their few answer tokens). :func:`option_logprobs_reference` is the plain version.
+    """
+    import torch
+
+    from ensemw2s.training import _inner, pad_batch
+
+    dev = next(model.parameters()).device
+    trunk, head, cap = _inner(model)
+    out: dict = {}
+    order = sorted(range(len(rows)), key=lambda i: len(format_prompt(rows[i])))
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            batch = [rows[i] for i in order[b: b + batch_size]]
+            prompts, options, owner = [], [], []
+            for qi, r in enumerate(batch):
+                ids, start = encode_pair(tok, format_prompt(r), r["choices"][0], max_length, add_eos=False)
+                prompts.append(ids[:start])
+                for k, choice in enumerate(r["choices"]):
+                    ids_k, start_k = encode_pair(tok, format_prompt(r), choice, max_length, add_eos=False)
+                    options.append(ids_k[start_k:])
+                    owner.append((qi, k))
+            p_ids, p_mask = pad_batch(prompts, tok.pad_token_id, left=True)
+            p_ids, p_mask = p_ids.to(dev), p_mask.to(dev)
+            p_pos = (torch.cumsum(p_mask, -1) - 1).clamp_min(0)
+            res = trunk(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True)
+            cache, last_h = res.past_key_values, res.last_hidden_state[:, -1]
+            rep = torch.tensor([q for q, _ in owner], device=dev)
+            _repeat_cache(cache, rep)
+            o_ids, o_mask = pad_batch(options, tok.pad_token_id)
+            o_ids, o_mask = o_ids.to(dev), o_mask.to(dev)
+            mask = torch.cat([p_mask[rep], o_mask], dim=1)
+            o_pos = p_mask[rep].sum(-1, keepdim=True) + torch.arange(o_ids.shape[1], device=dev)[None]
+            h = trunk(input_ids=o_ids, attention_mask=mask, position_ids=o_pos, past_key_values=cache,
+                      use_cache=True).last_hidden_state
+            # token j of an option is predicted by the hidden state before it: the prompt's last, then option j-1
+            hs = torch.cat([last_h[rep][:, None], h[:, :-1]], dim=1)
+            logits = head(hs[o_mask.bool()]).float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            lp = torch.log_softmax(logits, -1).gather(1, o_ids[o_mask.bool()][:, None])[:, 0].cpu().tolist()
+            pos = 0
+            for (qi, k), opt in zip(owner, options):
+                rid = batch[qi]["id"]
+                out.setdefault(rid, [None] * len(batch[qi]["choices"]))[k] = lp[pos: pos + len(opt)]
+                pos += len(opt)
+    return out
+
+
+def _repeat_cache(cache, index) -> None:
+    """Select batch rows ``index`` of every layer of a DynamicCache in place (rows may repeat)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[index]
+        layer.values = layer.values[index]
+
+
+def option_logprobs_reference(model, tok, rows: Sequence[dict], *, batch_size: int, max_length: int = 512) -> dict:
+    """Plain version of :func:`option_logprobs`: every (prompt, option) pair is its own sequence."""
+    enc = []
+    for r in rows:
+        prompt = format_prompt(r)
+        for k, choice in enumerate(r["choices"]):
+            ids, start = encode_pair(tok, prompt, choice, max_length, add_eos=False)
+            enc.append(Encoded(f"{r['id']}\x1f{k}", ids, start))
+    scored = teacher_forced(model, tok, enc, batch_size=batch_size, desc="option scoring")
+    out = {}
+    for r in rows:
+        out[r["id"]] = [scored[f"{r['id']}\x1f{k}"]["logprob"] for k in range(len(r["choices"]))]
+    return out
+
+
+def mixture_choice(per_expert: Sequence[Sequence[Sequence[float]]], weights: Sequence[float]) -> int:
+    """Pick an option by the alpha-mixture of experts' token probabilities, length-normalised.
+
+    ``per_expert[t][k]`` = token log-probs of option k under expert t; ``weights`` sum to 1.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    logw = np.log(w)
+    scores = []
+    for k in range(len(per_expert[0])):
+        lp = np.asarray([per_expert[t][k] for t in range(len(per_expert))], dtype=np.float64)  # (T, n_tok)
+        mix = np.logaddexp.reduce(lp + logw[:, None], axis=0)
+        scores.append(mix.sum() / max(1, mix.shape[0]))
+    return int(np.argmax(scores))
+
+
+def normalised_weights(alphas: Sequence[float]) -> list[float]:
+    a = np.asarray(alphas, dtype=np.float64)
+    if a.size == 0 or np.any(a <= 0):
+        raise ValueError(f"ensemble weights must be positive, got {list(alphas)}")
+    return (a / a.sum()).tolist()
+
+
+def loglik_predictions(rows, lp_by_expert: Sequence[dict], alphas, model_name: str, split: str) -> list[dict]:
+    w = normalised_weights(alphas)
+    preds = []
+    for r in rows:
+        k = mixture_choice([lp[r["id"]] for lp in lp_by_expert], w)
+        preds.append({"id": r["id"], "model": model_name, "split": split, "method": "loglik",
+                      "output": r["choices"][k], "chosen": k, "correct": bool(k == r["answer_index"])})
+    return preds
+
+
+def generation_predictions(rows, texts: Sequence[str], model_name: str, split: str) -> list[dict]:
+    preds = []
+    for r, text in zip(rows, texts):
+        k = match_choice(text, r["choices"])
+        preds.append({"id": r["id"], "model": model_name, "split": split, "method": "generation",
+                      "output": text, "chosen": k, "correct": bool(k is not None and k == r["answer_index"])})
+    return preds
+
+
+def accuracy(preds: Sequence[dict]) -> float:
+    if not preds:
+        raise ValueError("no predictions to score")
+    return float(np.mean([p["correct"] for p in preds]))
+
+
+def std_error(acc: float, n: int) -> float:
+    return math.sqrt(max(acc * (1 - acc), 1e-12) / max(n, 1))
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def pgr(acc_student: float, acc_weak: float, acc_ceiling: float) -> Optional[float]:
+    """Performance gap recovered; None when the ceiling is not above the weak model (undefined)."""
+    gap = acc_ceiling - acc_weak
+    if gap <= 0:
+        return None
+    return (acc_student - acc_weak) / gap
+
+
+def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of a - b over the same questions with a 95 % percentile bootstrap interval."""
+    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("paired_bootstrap: no paired questions")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(x.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(x.size)}
+
+
+def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Exact two-sided McNemar p-value (binomial on the discordant pairs)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    n01, n10 = int(np.sum(~a & b)), int(np.sum(a & ~b))
+    n = n01 + n10
+    if n == 0:
+        return 1.0
+    k = min(n01, n10)
+    p = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return float(min(1.0, 2 * p))
+
+
+def paired(preds: Sequence[dict], model_a: str, model_b: str, split: str, method: str) -> Optional[dict]:
+    pa = {p["id"]: p["correct"] for p in preds if p["model"] == model_a and p["split"] == split
+          and p["method"] == method}
+    pb = {p["id"]: p["correct"] for p in preds if p["model"] == model_b and p["split"] == split
+          and p["method"] == method}
+    ids = sorted(set(pa) & set(pb))
+    if not ids:
+        return None
+    a, b = [pa[i] for i in ids], [pb[i] for i in ids]
+    return {**paired_bootstrap(a, b), "mcnemar_p": mcnemar_p(a, b)}
+
+
+# --------------------------------------------------------------------------- metrics + report
+
+
+def build_metrics(preds: Sequence[dict], *, primary: str, extra: dict) -> dict:
+    """Flat metrics: ``<model>_acc_<id|ood>[_ll|_gen]``, by-round lists, PGRs, paired differences."""
+    m: dict = {}
+    suffix = {"loglik": "ll", "generation": "gen"}
+    for model in sorted({p["model"] for p in preds}):
+        for split, tag in SPLIT_KEYS.items():
+            for method, suf in suffix.items():
+                sel = [p for p in preds if p["model"] == model and p["split"] == split and p["method"] == method]
+                if sel:
+                    m[f"{model}_acc_{tag}_{suf}"] = accuracy(sel)
+                    m[f"n_{tag}"] = len(sel)
+            prim = m.get(f"{model}_acc_{tag}_{suffix[primary]}")
+            if prim is not None:
+                m[f"{model}_acc_{tag}"] = prim
+    rounds = extra.get("rounds", 0)
+    for tag in ("id", "ood"):
+        m[f"ensemble_acc_{tag}_by_round"] = [m.get(f"ensemble_r{t}_acc_{tag}_ll") for t in range(1, rounds + 1)]
+    ceiling = m.get("ceiling_acc_ood")
+    if ceiling is not None:
+        m["pgr_single"] = pgr(m.get("student_single_acc_ood", float("nan")), m["weak_single_acc_ood"], ceiling)
+        m["pgr_ens"] = pgr(m.get("student_ensemble_acc_ood", float("nan")), m["ensemble_acc_ood"], ceiling)
+    method = primary
+    for a, b, name in (("ensemble", "weak_single", "ensemble_minus_single"),
+                       ("student_ensemble", "student_single", "student_ensemble_minus_single")):
+        for split, tag in SPLIT_KEYS.items():
+            res = paired(preds, a, b, split, method)
+            if res:
+                for k, v in res.items():
+                    m[f"paired_{name}_{tag}_{k}"] = v
+    m.update(extra)
+    return m
+
+
+def _fmt(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
+    """Markdown results table (what the KFP UI shows)."""
+    n_id, n_ood = metrics.get("n_id"), metrics.get("n_ood")
+    lines = [
+        f"# EnsemW2S results — run `{metrics.get('run_id', '?')}`, seed {metrics.get('seed')}, "
+        f"T = {metrics.get('rounds')}",
+        "",
+        f"Primary accuracy: **{metrics.get('primary', 'loglik')}** (option log-likelihood = `ll`, generation = "
+        f"`gen`). ID = easy_test (n={n_id}), OOD = hard_test (n={n_ood}).",
+        "",
+        "| model | ID | OOD | ID ll | OOD ll | ID gen | OOD gen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = {"weak_single": "weak single expert (round 1)", "ensemble": "EnsemW2S ensemble",
+              "student_single": "student ← single", "student_ensemble": "student ← ensemble",
+              "ceiling": "strong ceiling (gold)"}
+    for model in MODELS:
+        if not any(k.startswith(model + "_acc") for k in metrics):
+            continue
+        cells = [_fmt(metrics.get(f"{model}_acc_{s}")) for s in ("id", "ood")]
+        cells += [_fmt(metrics.get(f"{model}_acc_{s}_{m}")) for m in ("ll", "gen") for s in ("id", "ood")]
+        lines.append(f"| {labels[model]} | " + " | ".join(cells) + " |")
+    lines += ["", f"PGR_single = {_fmt(metrics.get('pgr_single'))}, PGR_ens = {_fmt(metrics.get('pgr_ens'))} "
+              "(— when the ceiling is not above the weak model).", ""]
+    lines.append("Alphas by round: " + ", ".join(_fmt(a) for a in metrics.get("alphas", [])))
+    lines.append("")
+    lines.append("Ensemble accuracy by round (option log-likelihood), OOD: "
+                 + ", ".join(_fmt(a) for a in metrics.get("ensemble_acc_ood_by_round", [])))
+    for name in ("ensemble_minus_single", "student_ensemble_minus_single"):
+        for tag in ("id", "ood"):
+            d = metrics.get(f"paired_{name}_{tag}_diff")
+            if d is not None:
+                lines.append(f"- paired {name.replace('_', ' ')} ({tag.upper()}): {d:+.3f} "
+                             f"[95% CI {metrics[f'paired_{name}_{tag}_ci_low']:+.3f}, "
+                             f"{metrics[f'paired_{name}_{tag}_ci_high']:+.3f}], McNemar p = "
+                             f"{metrics[f'paired_{name}_{tag}_mcnemar_p']:.3f}")
+    if plot_name:
+        lines += ["", f"![accuracy by round]({plot_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_by_round(metrics: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for tag, color in (("id", "tab:blue"), ("ood", "tab:orange")):
+        ys = metrics.get(f"ensemble_acc_{tag}_by_round") or []
+        xs = [i + 1 for i, y in enumerate(ys) if y is not None]
+        ys = [y for y in ys if y is not None]
+        n = metrics.get(f"n_{tag}") or 1
+        if ys:
+            ax.errorbar(xs, ys, yerr=[1.96 * std_error(y, n) for y in ys], marker="o", color=color,
+                        capsize=3, label=f"ensemble ({tag.upper()})")
+        single = metrics.get(f"weak_single_acc_{tag}_ll")
+        if single is not None:
+            ax.axhline(single, color=color, linestyle="--", linewidth=1, label=f"single expert ({tag.upper()})")
+    ax.set_xlabel("rounds in the ensemble (T)")
+    ax.set_ylabel("accuracy (option log-lik.)")
+    ax.set_title("EnsemW2S ensemble accuracy by round")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False))

@@ -1,0 +1,141 @@
+"""evaluate: accuracy on easy_test (ID) and hard_test (OOD), with per-question predictions.
+
+``--target experts``: the single round-1 expert (``weak_single``), the EnsemW2S ensemble (``ensemble``) and
+every prefix ensemble of rounds 1..t (``ensemble_r{t}``, option log-likelihood only: each expert's token
+log-probs are computed once and mixed). ``--target student-<source>``: one trained student
+(``student_single``, ``student_ensemble`` or ``ceiling``). Output ``eval/``: ``predictions.jsonl``
+``{id, model, split, method, output, chosen, correct}`` and ``eval.json`` (accuracies, timings).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from ensemw2s.config import EnsembleConfig, EvalConfig, StorageConfig, config_hash, load_config
+from ensemw2s.steps._io import StepIO, base_parser, ensemble_members, open_decoder, read_json, run_main, write_json
+
+STEP = "evaluate"
+STUDENT_NAMES = {"single": "student_single", "ensemble": "student_ensemble", "gold": "ceiling"}
+TARGETS = ("experts",) + tuple(f"student-{s}" for s in STUDENT_NAMES)
+TEST_SPLITS = ("easy_test", "hard_test")
+
+
+def step_key(target: str) -> str:
+    return f"{STEP}-{target}"
+
+
+def build_parser():
+    p = base_parser(STEP, __doc__.splitlines()[0])
+    p.add_argument("--target", choices=TARGETS, required=True)
+    p.add_argument("--splits", required=True)
+    p.add_argument("--state", default=None, help="final boosting state (target experts)")
+    p.add_argument("--student", default=None, help="trained student folder (target student-*)")
+    p.add_argument("--out", required=True, help="output folder")
+    return p
+
+
+def _generate(decoder, rows, cfg: EvalConfig) -> list[str]:
+    from ensemw2s.data import format_prompt
+
+    return decoder.generate([format_prompt(r) for r in rows], cfg.max_new_tokens)
+
+
+def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, out_dir: Path,
+        state_dir: Optional[Path] = None, student_dir: Optional[Path] = None, rounds: Optional[int] = None,
+        run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True) -> dict:
+    from ensemw2s.data import read_jsonl, write_jsonl
+    from ensemw2s.evaluation import accuracy, generation_predictions, loglik_predictions, option_logprobs
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+    key = step_key(target)
+    out_dir = Path(out_dir)
+    io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
+                config_hash=config_hash({"eval": ev, "combine": ens.combine, "target": target, "rounds": rounds}))
+    if io.restore({"eval": out_dir}):
+        return read_json(out_dir / "eval.json")
+    t0 = time.perf_counter()
+    splits_dir = io.fetch(splits_dir, "split_data", "splits")
+    tests = {s: read_jsonl(splits_dir / f"{s}.jsonl") for s in TEST_SPLITS}
+    preds: list[dict] = []
+    info: dict = {"target": target}
+    if target == "experts":
+        from ensemw2s.training import load_saved
+
+        state_dir = io.fetch(state_dir, f"update_weights-r{rounds}", "state")
+        state = read_json(state_dir / "state.json")
+        active = ensemble_members(state, io, "all")
+        first = ensemble_members(state, io, "first")[0]
+        by_round = {m["round"]: m for m in active}
+        by_round.setdefault(1, first)
+        lp = {}  # round -> split -> {id: per-option token logprobs}
+        for rnd, m in sorted(by_round.items()):
+            model, tok = load_saved(m["path"])
+            lp[rnd] = {s: option_logprobs(model, tok, rows, batch_size=ev.batch_size) for s, rows in tests.items()}
+            del model
+        for s, rows in tests.items():
+            preds += loglik_predictions(rows, [lp[1][s]], [1.0], "weak_single", s)
+            for t in range(1, (rounds or max(by_round)) + 1):
+                members = [m for m in active if m["round"] <= t]
+                if members:
+                    preds += loglik_predictions(rows, [lp[m["round"]][s] for m in members],
+                                                [m["alpha"] for m in members], f"ensemble_r{t}", s)
+            preds += loglik_predictions(rows, [lp[m["round"]][s] for m in active], [m["alpha"] for m in active],
+                                        "ensemble", s)
+        if ev.generation:
+            for name, members in (("weak_single", [first]), ("ensemble", active)):
+                dec = open_decoder(members, ens.combine, ev.batch_size)
+                for s, rows in tests.items():
+                    preds += generation_predictions(rows, _generate(dec, rows, ev), name, s)
+                del dec
+        info["alphas"] = [e["alpha"] for e in state["experts"]]
+        info["eps"] = [e["eps"] for e in state["experts"]]
+        info["eps_prior"] = [e["eps_prior"] for e in state["experts"]]
+        info["active_rounds"] = [m["round"] for m in active]
+    else:
+        from ensemw2s.ensemble import EnsembleDecoder
+        from ensemw2s.training import load_saved
+
+        source = target.split("-", 1)[1]
+        name = STUDENT_NAMES[source]
+        from ensemw2s.steps.train_student import step_key as student_key
+
+        student_dir = io.fetch(student_dir, student_key(source), "student")
+        model, tok = load_saved(Path(student_dir) / "model")
+        for s, rows in tests.items():
+            preds += loglik_predictions(rows, [option_logprobs(model, tok, rows, batch_size=ev.batch_size)],
+                                        [1.0], name, s)
+            if ev.generation:
+                dec = EnsembleDecoder([model], [1.0], tok, batch_size=ev.batch_size)
+                preds += generation_predictions(rows, _generate(dec, rows, ev), name, s)
+        info["student"] = read_json(Path(student_dir) / "student.json")
+    summary = {}
+    for model, split, method in sorted({(p["model"], p["split"], p["method"]) for p in preds}):
+        summary[f"{model}|{split}|{method}"] = accuracy(
+            [p for p in preds if p["model"] == model and p["split"] == split and p["method"] == method])
+    info["accuracy"] = summary
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    write_jsonl(out_dir / "predictions.jsonl", preds)
+    write_json(out_dir / "eval.json", info)
+    io.publish({"eval": out_dir})
+    print(f"[{key}] " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items()
+                                  if not k.startswith("ensemble_r")), flush=True)
+    return info
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work():
+        cfg = load_config(args.config, args.overrides)
+        run(cfg.eval, cfg.ensemble, target=args.target, splits_dir=Path(args.splits), out_dir=Path(args.out),
+            state_dir=Path(args.state) if args.state else None,
+            student_dir=Path(args.student) if args.student else None, rounds=cfg.boosting.rounds,
+            run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
+
+    return run_main(work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""pseudo_label: answers for the hard pool, written by the ensemble, the single expert, or the gold labels.
+
+``--source ensemble``: the alpha-weighted token-level ensemble of all experts with alpha > 0;
+``--source single``: the round-1 expert alone (baseline); ``--source gold``: the true answers (ceiling).
+``ensemble.pseudo_label_mode``: ``generate`` (greedy decoding, default) or ``options`` (the option with the
+best mixture log-likelihood). Output ``labels/``: ``labels.jsonl`` ``{id, question, choices,
+pseudo_answer, producer, chosen, correct}`` and ``labels.json`` (counts; accuracy against gold, for
+diagnosis only — the student never sees it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ensemw2s.config import EnsembleConfig, StorageConfig, config_hash, load_config
+from ensemw2s.steps._io import StepIO, base_parser, ensemble_members, open_decoder, read_json, run_main, write_json
+
+STEP = "pseudo_label"
+SOURCES = ("ensemble", "single", "gold")
+
+
+def step_key(source: str) -> str:
+    return f"{STEP}-{source}"
+
+
+def build_parser():
+    p = base_parser(STEP, __doc__.splitlines()[0])
+    p.add_argument("--source", choices=SOURCES, required=True)
+    p.add_argument("--splits", required=True)
+    p.add_argument("--state", default=None, help="final boosting state (not needed for --source gold)")
+    p.add_argument("--rounds", type=int, default=None, help="final round (to fetch the state from storage)")
+    p.add_argument("--labels", required=True, help="output folder")
+    return p
+
+
+def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Optional[Path], labels_dir: Path,
+        rounds: Optional[int] = None, run_id: Optional[str] = None, storage: Optional[StorageConfig] = None,
+        resume: bool = True) -> dict:
+    from ensemw2s.data import match_choice, read_jsonl, write_jsonl
+
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    key = step_key(source)
+    labels_dir = Path(labels_dir)
+    io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
+                config_hash=config_hash({"ensemble": ens if source != "gold" else None, "source": source,
+                                         "rounds": rounds}))
+    if io.restore({"labels": labels_dir}):
+        return read_json(labels_dir / "labels.json")
+    splits_dir = io.fetch(splits_dir, "split_data", "splits")
+    rows = read_jsonl(splits_dir / "hard_pool.jsonl")
+    if source == "gold":
+        answers = [r["answer"] for r in rows]
+        producer = "gold"
+    else:
+        state_dir = io.fetch(state_dir, f"update_weights-r{rounds}", "state")
+        state = read_json(state_dir / "state.json")
+        members = ensemble_members(state, io, "all" if source == "ensemble" else "first")
+        producer = f"{source}:rounds={[m['round'] for m in members]}:alphas={[round(m['alpha'], 4) for m in members]}"
+        if ens.pseudo_label_mode == "generate":
+            dec = open_decoder(members, ens.combine, ens.batch_size)
+            from ensemw2s.data import format_prompt
+
+            answers = [a.split("\n")[0].strip() for a in
+                       dec.generate([format_prompt(r) for r in rows], ens.max_new_tokens)]
+        else:
+            from ensemw2s.evaluation import mixture_choice, normalised_weights, option_logprobs
+            from ensemw2s.training import load_saved
+
+            lps = []
+            for m in members:
+                model, tok = load_saved(m["path"])
+                lps.append(option_logprobs(model, tok, rows, batch_size=ens.batch_size))
+                del model
+            w = normalised_weights([m["alpha"] for m in members])
+            answers = [r["choices"][mixture_choice([lp[r["id"]] for lp in lps], w)] for r in rows]
+    out = []
+    for r, a in zip(rows, answers):
+        k = match_choice(a, r["choices"])
+        out.append({"id": r["id"], "question": r["question"], "choices": r["choices"], "pseudo_answer": a,
+                    "producer": producer, "chosen": k, "correct": bool(k is not None and k == r["answer_index"])})
+    write_jsonl(labels_dir / "labels.jsonl", out)
+    stats = {"source": source, "producer": producer, "n": len(out), "mode": ens.pseudo_label_mode,
+             "accuracy_vs_gold": sum(o["correct"] for o in out) / len(out),
+             "unmatched": sum(o["chosen"] is None for o in out), "empty": sum(not o["pseudo_answer"] for o in out)}
+    write_json(labels_dir / "labels.json", stats)
+    io.publish({"labels": labels_dir})
+    print(f"[{key}] {len(out)} labels, {stats['accuracy_vs_gold']:.3f} match the gold answer, "
+          f"{stats['unmatched']} match no option", flush=True)
+    return stats
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work():
+        cfg = load_config(args.config, args.overrides)
+        run(cfg.ensemble, source=args.source, splits_dir=Path(args.splits),
+            state_dir=Path(args.state) if args.state else None, labels_dir=Path(args.labels),
+            rounds=args.rounds or cfg.boosting.rounds, run_id=args.run_id, storage=cfg.storage,
+            resume=not args.no_resume)
+
+    return run_main(work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

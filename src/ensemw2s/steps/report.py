@@ -1,0 +1,112 @@
+"""report: merge the evaluations into ``metrics.json``, a Markdown/HTML results table and a plot by round.
+
+Inputs: the ``eval/`` folders of evaluate (experts and the three students). Output ``report/``:
+``metrics.json`` (flat, one key per number), ``predictions.jsonl`` (all models), ``report.md``,
+``report.html`` and ``accuracy_by_round.png``.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Optional
+
+from ensemw2s.config import EvalConfig, StorageConfig, config_hash, load_config
+from ensemw2s.steps._io import StepIO, base_parser, read_json, run_main, write_json
+from ensemw2s.steps.evaluate import TARGETS
+from ensemw2s.steps.evaluate import step_key as eval_key
+
+STEP = "report"
+
+
+def build_parser():
+    p = base_parser(STEP, __doc__.splitlines()[0])
+    for t in TARGETS:
+        p.add_argument(f"--eval-{t}", dest=f"eval_{t.replace('-', '_')}", required=True,
+                       help=f"eval folder of evaluate --target {t}")
+    p.add_argument("--out", required=True, help="output folder")
+    return p
+
+
+def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int, rounds: int,
+        run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True,
+        extra: Optional[dict] = None) -> dict:
+    from ensemw2s.data import read_jsonl, write_jsonl
+    from ensemw2s.evaluation import build_metrics, plot_by_round, render_report
+
+    out_dir = Path(out_dir)
+    io = StepIO(STEP, run_id=run_id, storage=storage, resume=resume,
+                config_hash=config_hash({"eval": ev, "seed": seed, "rounds": rounds}))
+    if io.restore({"report": out_dir}):
+        return read_json(out_dir / "metrics.json")
+    preds, infos = [], {}
+    for target in TARGETS:
+        d = io.fetch(eval_dirs.get(target), eval_key(target), "eval")
+        preds += read_jsonl(d / "predictions.jsonl", validate=False)
+        infos[target] = read_json(d / "eval.json")
+    exp = infos["experts"]
+    metrics_extra = {"seed": seed, "rounds": rounds, "primary": ev.primary, "run_id": run_id,
+                     "alphas": exp["alphas"], "eps": exp["eps"], "eps_prior": exp["eps_prior"],
+                     "active_rounds": exp["active_rounds"],
+                     "eval_seconds": {t: i["seconds"] for t, i in infos.items()}, **(extra or {})}
+    for t, i in infos.items():
+        if "student" in i:
+            metrics_extra[f"{t.replace('-', '_')}_labels_accuracy_vs_gold"] = i["student"]["labels_accuracy_vs_gold"]
+    metrics = build_metrics(preds, primary=ev.primary, extra=metrics_extra)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", metrics)
+    write_jsonl(out_dir / "predictions.jsonl", preds)
+    plot_by_round(metrics, out_dir / "accuracy_by_round.png")
+    md = render_report(metrics, "accuracy_by_round.png")
+    (out_dir / "report.md").write_text(md)
+    (out_dir / "report.html").write_text(markdown_to_html(md))
+    io.publish({"report": out_dir})
+    print(md, flush=True)
+    return metrics
+
+
+def markdown_to_html(md: str) -> str:
+    """Just enough Markdown (headings, tables, lists, paragraphs) for the KFP UI's HTML viewer."""
+    out, in_table = ["<html><body style='font-family:sans-serif'>"], False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-: "):
+                continue
+            if not in_table:
+                out.append("<table border='1' cellpadding='4' style='border-collapse:collapse'>")
+                in_table = True
+                out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
+                continue
+            out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("# "):
+            out.append(f"<h2>{html.escape(line[2:])}</h2>")
+        elif line.startswith("- "):
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.startswith("!["):
+            continue
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work():
+        cfg = load_config(args.config, args.overrides)
+        dirs = {t: Path(getattr(args, f"eval_{t.replace('-', '_')}")) for t in TARGETS}
+        run(cfg.eval, eval_dirs=dirs, out_dir=Path(args.out), seed=cfg.seed, rounds=cfg.boosting.rounds,
+            run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
+
+    return run_main(work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""split_data: easy/hard splits, and the boosting state for round 1.
+
+Outputs
+- ``splits/``: ``easy_train|easy_val|easy_test|hard_pool|hard_test.jsonl`` and ``split.json`` (sizes, sources).
+- ``state/``: ``weights.jsonl`` (``{id, weights, base_wrong}``: D_1 = 1/n per answer token, and whether the
+  un-fine-tuned weak base model's teacher-forced argmax is wrong on that token — the ``prior`` alpha rule
+  needs it every round, and the base never changes) and ``state.json`` (round 1, no experts yet).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ensemw2s.config import DataConfig, ModelSection, StorageConfig, config_hash, load_config
+from ensemw2s.steps._io import StepIO, base_parser, run_main, write_json
+
+STEP = "split_data"
+
+
+def build_parser():
+    p = base_parser(STEP, __doc__.splitlines()[0])
+    p.add_argument("--splits", required=True, help="output folder for the split JSONL files")
+    p.add_argument("--state", required=True, help="output folder for the round-1 boosting state")
+    return p
+
+
+def _model_difficulty(rows: list[dict], data: DataConfig, weak: ModelSection, seed: int) -> None:
+    """Fill ``difficulty`` from the weak base model: zero-shot mean answer-token loss (``model_loss``), or
+    k-fold cross-fitted loss of the weak model fine-tuned on the other folds (``crossfit``)."""
+    import tempfile
+
+    import numpy as np
+
+    from ensemw2s.data import shuffled
+    from ensemw2s.training import encode_rows, load_causal_lm, load_saved, teacher_forced, train_sft
+
+    def score(model, tok, subset):
+        res = teacher_forced(model, tok, encode_rows(tok, subset, weak.train.max_length), desc="difficulty")
+        for r in subset:
+            r["difficulty"] = float(-np.mean(res[r["id"]]["logprob"]))
+
+    if data.difficulty == "model_loss":
+        model, tok = load_causal_lm(weak.model)
+        score(model, tok, rows)
+        return
+    order = shuffled(rows, seed + 7)
+    folds = [order[k:: data.crossfit_folds] for k in range(data.crossfit_folds)]
+    _, tok = load_causal_lm(weak.model)
+    for k, held in enumerate(folds):
+        train = [r for j, f in enumerate(folds) if j != k for r in f]
+        with tempfile.TemporaryDirectory(prefix="ensemw2s-crossfit-") as tmp:
+            train_sft(weak.model, weak, encode_rows(tok, train, weak.train.max_length), token_weights=None,
+                      seed=seed + k, out_dir=Path(tmp) / "m", desc=f"crossfit {k + 1}/{data.crossfit_folds}")
+            model, tok = load_saved(Path(tmp) / "m")
+            score(model, tok, held)
+
+
+def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, state_dir: Path,
+        run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True) -> dict:
+    from ensemw2s import boosting
+    from ensemw2s.data import DATASETS, load_side, needs_model_difficulty, split_rows, write_jsonl
+    from ensemw2s.training import encode_rows, load_causal_lm, teacher_forced, tokenizer_signature
+
+    splits_dir, state_dir = Path(splits_dir), Path(state_dir)
+    io = StepIO(STEP, run_id=run_id, storage=storage, resume=resume,
+                config_hash=config_hash({"data": data, "weak_model": weak.model, "max_length": weak.train.max_length,
+                                         "seed": seed}))
+    outputs = {"splits": splits_dir, "state": state_dir}
+    if io.restore(outputs):
+        return {}
+    easy_rows = load_side(data, "easy")
+    hard_rows = None if data.easy == data.hard else load_side(data, "hard")
+    if needs_model_difficulty(data):
+        _model_difficulty(easy_rows, data, weak, seed)
+    splits = split_rows(data, easy_rows, hard_rows, seed)
+    splits_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        write_jsonl(splits_dir / f"{name}.jsonl", rows)
+    info = {"sizes": {k: len(v) for k, v in splits.items()}, "easy": data.easy, "hard": data.hard,
+            "difficulty": data.difficulty, "seed": seed,
+            "licenses": {d: DATASETS[d]["license"] for d in {data.easy, data.hard}},
+            "chance": DATASETS[data.hard]["chance"]}
+    write_json(splits_dir / "split.json", info)
+
+    model, tok = load_causal_lm(weak.model)
+    enc = encode_rows(tok, splits["easy_train"], weak.train.max_length)
+    base = teacher_forced(model, tok, enc, desc="base-model token errors")
+    n = sum(e.n_answer for e in enc)
+    d1 = boosting.uniform_weights(n)
+    rows, k = [], 0
+    for e in enc:
+        rows.append({"id": e.id, "weights": d1[k: k + e.n_answer].tolist(), "base_wrong": base[e.id]["wrong"]})
+        k += e.n_answer
+    write_jsonl(state_dir / "weights.jsonl", rows)
+    write_json(state_dir / "state.json", {"round": 1, "stopped": False, "experts": [], "n_tokens": n,
+                                          "weak_model": weak.model, "tokenizer": tokenizer_signature(tok),
+                                          "vocab_size": len(tok), "max_length": weak.train.max_length})
+    io.publish(outputs)
+    print(f"[{STEP}] " + ", ".join(f"{k}={v}" for k, v in info["sizes"].items()) + f"; {n} answer tokens",
+          flush=True)
+    return info
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work():
+        cfg = load_config(args.config, args.overrides)
+        run(cfg.data, cfg.experts, seed=cfg.seed, splits_dir=Path(args.splits), state_dir=Path(args.state),
+            run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
+
+    return run_main(work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

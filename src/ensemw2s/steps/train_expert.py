@@ -1,0 +1,126 @@
+"""train_expert: one AdaBoost round — fine-tune a fresh weak expert on D_t, measure its token error and alpha.
+
+Inputs: ``splits/`` (easy_train), ``state/`` (D_t, the base model's token errors, earlier rounds).
+Output ``expert/``: the model (LoRA adapter or full weights), ``expert.json``
+``{round, eps, eps_prior, alpha, seed, skipped, ...}`` and ``wrong.jsonl`` (the expert's teacher-forced
+token errors on easy_train, which update_weights turns into D_{t+1}).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ensemw2s.config import BoostingConfig, ModelSection, StorageConfig, config_hash, load_config
+from ensemw2s.steps._io import StepIO, base_parser, read_json, run_main, write_json
+
+STEP = "train_expert"
+
+
+def step_key(round_: int) -> str:
+    return f"{STEP}-r{round_}"
+
+
+def build_parser():
+    p = base_parser(STEP, __doc__.splitlines()[0])
+    p.add_argument("--round", type=int, required=True, help="boosting round t (1-based)")
+    p.add_argument("--splits", required=True)
+    p.add_argument("--state", required=True, help="boosting state after round t-1 (from split_data for t=1)")
+    p.add_argument("--expert", required=True, help="output folder")
+    return p
+
+
+def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, seed: int, splits_dir: Path,
+        state_dir: Path, expert_dir: Path, run_id: Optional[str] = None, storage: Optional[StorageConfig] = None,
+        resume: bool = True) -> dict:
+    import numpy as np
+
+    from ensemw2s import boosting
+    from ensemw2s.data import read_jsonl, write_jsonl
+    from ensemw2s.training import encode_rows, load_saved, teacher_forced, tokenizer_signature, train_sft
+
+    expert_dir = Path(expert_dir)
+    key = step_key(round_)
+    io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
+                config_hash=config_hash({"experts": experts, "boosting": boosting_cfg, "round": round_, "seed": seed}))
+    if io.restore({"expert": expert_dir}):
+        return read_json(expert_dir / "expert.json")
+    prev = "split_data" if round_ == 1 else f"update_weights-r{round_ - 1}"
+    splits_dir = io.fetch(splits_dir, "split_data", "splits")
+    state_dir = io.fetch(state_dir, prev, "state")
+    state = read_json(state_dir / "state.json")
+    if state["round"] != round_:
+        raise ValueError(f"{key}: the boosting state is for round {state['round']}, not {round_}")
+    if state["weak_model"] != experts.model:
+        raise ValueError(f"{key}: experts.model is {experts.model!r} but the state was made for "
+                         f"{state['weak_model']!r}")
+    expert_seed = seed * 1000 + round_
+    meta = {"round": round_, "seed": expert_seed, "base_model": experts.model, "alpha_rule": boosting_cfg.alpha_rule,
+            "sampling": boosting_cfg.sampling}
+    if state["stopped"]:
+        meta.update({"skipped": True, "reason": "boosting stopped at an earlier round", "eps": None,
+                     "eps_prior": None, "alpha": 0.0})
+        write_json(expert_dir / "expert.json", meta)
+        io.publish({"expert": expert_dir})
+        print(f"[{key}] skipped: boosting stopped earlier", flush=True)
+        return meta
+
+    rows = read_jsonl(Path(splits_dir) / "easy_train.jsonl")
+    wrows = {r["id"]: r for r in read_jsonl(Path(state_dir) / "weights.jsonl", validate=False)}
+    ids = [r["id"] for r in rows]
+    flat_w = np.concatenate([np.asarray(wrows[i]["weights"], dtype=np.float64) for i in ids])
+    lw = boosting.loss_weights(flat_w, boosting_cfg.sampling, seed=expert_seed)
+    token_weights, k = {}, 0
+    for i in ids:
+        n = len(wrows[i]["weights"])
+        token_weights[i] = lw[k: k + n].tolist()
+        k += n
+
+    from ensemw2s.training import load_tokenizer, resolve_model_path
+
+    tok = load_tokenizer(resolve_model_path(experts.model))
+    if tokenizer_signature(tok) != state["tokenizer"]:
+        raise ValueError(f"{key}: the tokenizer of {experts.model!r} differs from the one the weights were made "
+                         "with; all experts must share one tokenizer")
+    enc = encode_rows(tok, rows, experts.train.max_length)
+    model_dir = expert_dir / "model"
+    stats = train_sft(experts.model, experts, enc, token_weights=token_weights, seed=expert_seed,
+                      out_dir=model_dir, desc=f"expert r{round_}")
+    model, tok = load_saved(model_dir)
+    res = teacher_forced(model, tok, enc, desc="expert token errors")
+    wrong = np.concatenate([np.asarray(res[i]["wrong"], dtype=np.float64) for i in ids])
+    base_wrong = np.concatenate([np.asarray(wrows[i]["base_wrong"], dtype=np.float64) for i in ids])
+    if wrong.shape != flat_w.shape:
+        raise ValueError(f"{key}: {wrong.shape[0]} answer tokens now vs {flat_w.shape[0]} in the weights")
+    eps = boosting.token_error(flat_w, wrong)
+    eps_prior = boosting.token_error(flat_w, base_wrong)
+    alpha = boosting.expert_alpha(eps, boosting_cfg.alpha_rule, vocab_size=state["vocab_size"], eps_prior=eps_prior)
+    meta.update({"eps": eps, "eps_prior": eps_prior, "alpha": alpha, "skipped": alpha <= 0,
+                 "unweighted_token_error": float(wrong.mean()), "lora": experts.lora.enabled, **stats})
+    if alpha <= 0:
+        meta["reason"] = f"alpha {alpha:.4f} <= 0 ({boosting_cfg.on_nonpositive_alpha})"
+    write_json(expert_dir / "expert.json", meta)
+    write_jsonl(expert_dir / "wrong.jsonl", ({"id": i, "wrong": res[i]["wrong"]} for i in ids))
+    io.publish({"expert": expert_dir}, extra={"round": round_, "alpha": alpha})
+    print(f"[{key}] eps={eps:.4f} eps_prior={eps_prior:.4f} alpha={alpha:.4f} ({boosting_cfg.alpha_rule}) "
+          f"loss={stats['train_loss']:.3f} in {stats['train_seconds']:.0f} s", flush=True)
+    return meta
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work():
+        cfg = load_config(args.config, args.overrides)
+        if not 1 <= args.round <= cfg.boosting.rounds:
+            from ensemw2s.config import ConfigError
+
+            raise ConfigError(f"--round {args.round} is out of range; boosting.rounds is {cfg.boosting.rounds}")
+        run(cfg.experts, cfg.boosting, round_=args.round, seed=cfg.seed, splits_dir=Path(args.splits),
+            state_dir=Path(args.state), expert_dir=Path(args.expert), run_id=args.run_id, storage=cfg.storage,
+            resume=not args.no_resume)
+
+    return run_main(work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""update_weights: D_{t+1} ∝ D_t · exp(alpha_t · wrong_t), and the ensemble so far.
+
+Inputs: ``state/`` after round t-1 and ``expert/`` of round t. Output ``state/`` for round t+1: the new
+``weights.jsonl`` and ``state.json`` whose ``experts`` list names every expert so far (round, alpha, where
+it is stored) — pseudo_label and evaluate read the ensemble from it. An expert with alpha <= 0 leaves the
+weights unchanged and is left out of the ensemble; with ``on_nonpositive_alpha: stop`` later rounds are
+skipped too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ensemw2s.config import BoostingConfig, StorageConfig, config_hash, load_config
+from ensemw2s.steps._io import StepIO, base_parser, read_json, run_main, write_json
+from ensemw2s.steps.train_expert import step_key as expert_key
+
+STEP = "update_weights"
+
+
+def step_key(round_: int) -> str:
+    return f"{STEP}-r{round_}"
+
+
+def build_parser():
+    p = base_parser(STEP, __doc__.splitlines()[0])
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--state", required=True, help="state after round t-1")
+    p.add_argument("--expert", required=True, help="expert of round t")
+    p.add_argument("--out-state", required=True, help="output folder: state after round t")
+    return p
+
+
+def run(boosting_cfg: BoostingConfig, *, round_: int, state_dir: Path, expert_dir: Path, out_state_dir: Path,
+        run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True) -> dict:
+    import numpy as np
+
+    from ensemw2s import boosting
+    from ensemw2s.data import read_jsonl, write_jsonl
+
+    key = step_key(round_)
+    out_state_dir = Path(out_state_dir)
+    io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
+                config_hash=config_hash({"boosting": boosting_cfg, "round": round_}))
+    if io.restore({"state": out_state_dir}):
+        return read_json(out_state_dir / "state.json")
+    prev = "split_data" if round_ == 1 else step_key(round_ - 1)
+    state_dir = io.fetch(state_dir, prev, "state")
+    expert_dir = io.fetch(expert_dir, expert_key(round_), "expert")
+    state = read_json(state_dir / "state.json")
+    meta = read_json(expert_dir / "expert.json")
+    if meta["round"] != round_ or state["round"] != round_:
+        raise ValueError(f"{key}: expert round {meta['round']} / state round {state['round']} != {round_}")
+    wrows = read_jsonl(state_dir / "weights.jsonl", validate=False)
+    alpha = float(meta["alpha"])
+    stopped = state["stopped"]
+    if meta.get("skipped"):
+        new_rows = wrows
+        if boosting_cfg.on_nonpositive_alpha == "stop":
+            stopped = True
+    else:
+        wrong = {r["id"]: r["wrong"] for r in read_jsonl(expert_dir / "wrong.jsonl", validate=False)}
+        flat_w = np.concatenate([np.asarray(r["weights"], dtype=np.float64) for r in wrows])
+        flat_wrong = np.concatenate([np.asarray(wrong[r["id"]], dtype=np.float64) for r in wrows])
+        new = boosting.update_weights(flat_w, flat_wrong, alpha)
+        new_rows, k = [], 0
+        for r in wrows:
+            n = len(r["weights"])
+            new_rows.append({**r, "weights": new[k: k + n].tolist()})
+            k += n
+    entry = {"round": round_, "alpha": alpha, "eps": meta.get("eps"), "eps_prior": meta.get("eps_prior"),
+             "skipped": bool(meta.get("skipped")), "step": expert_key(round_), "output": "expert",
+             "path": str(expert_dir), "lora": meta.get("lora"), "base_model": meta.get("base_model")}
+    new_state = {**state, "round": round_ + 1, "stopped": stopped, "experts": state["experts"] + [entry]}
+    write_jsonl(out_state_dir / "weights.jsonl", new_rows)
+    write_json(out_state_dir / "state.json", new_state)
+    io.publish({"state": out_state_dir})
+    flat = np.concatenate([np.asarray(r["weights"]) for r in new_rows])
+    print(f"[{key}] alpha={alpha:.4f} max weight = {flat.max() * flat.size:.2f} × uniform"
+          + ("; stopped" if stopped else ""), flush=True)
+    return new_state
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work():
+        cfg = load_config(args.config, args.overrides)
+        run(cfg.boosting, round_=args.round, state_dir=Path(args.state), expert_dir=Path(args.expert),
+            out_state_dir=Path(args.out_state), run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
+
+    return run_main(work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

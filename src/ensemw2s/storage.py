@@ -1,0 +1,525 @@
+"""Object storage (S3 through boto3): the run layout, manifests, verified upload and download.
+
+Every artifact lives under ``s3://<bucket>/<prefix>/<run_id>/<step>/<output>/``::
+
+    files/<relpath>     the artifact's files
+    manifest.json       written LAST: run, step, output, producer, config hash, and size + sha256 per file
+
+A manifest is only written after every file is uploaded, so a killed upload is never seen as complete, and
+downloads are verified against it. Endpoint and credentials come from the config, the environment
+(``S3_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``) or the embedded SeaweedFS server
+(:mod:`ensemw2s.s3server`). Secrets never appear in messages or logs.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Optional
+
+from ensemw2s.config import StorageConfig
+
+MiB = 1024 * 1024
+MANIFEST = "manifest.json"
+FILES = "files"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_DELETE_BATCH = 1000
+
+
+class StorageError(RuntimeError):
+    """An object-storage problem, in one line naming the endpoint / bucket / URI and the cause."""
+
+
+class MissingObjectError(StorageError):
+    """The object (or an artifact's manifest) does not exist."""
+
+
+class CorruptArtifactError(StorageError):
+    """A manifest is malformed, or a downloaded file does not match its manifest's sha256."""
+
+
+def validate_name(kind: str, value: str) -> str:
+    """Run ids, step names and output names: ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}`` and no ``..``."""
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value:
+        raise StorageError(
+            f"invalid {kind} {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or "
+            "digit, without '..'"
+        )
+    return value
+
+
+def _validate_relpath(kind: str, value: str) -> str:
+    """A relative file path inside an artifact: '/'-separated, no empty, '.' or '..' parts, no control chars."""
+    if not isinstance(value, str) or not value or _CONTROL_RE.search(value) or "\\" in value:
+        raise StorageError(f"invalid {kind} {value!r}: must be a non-empty relative path without control "
+                           "characters or backslashes")
+    parts = value.split("/")
+    if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"invalid {kind} {value!r}: must be a relative path without empty, '.' or '..' parts")
+    return value
+
+
+def sha256_file(path: str | os.PathLike, *, chunk_size: int = MiB) -> str:
+    """Hex sha256 of a file, read in chunks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _embedded_hint() -> str:
+    return "run `ensemw2s storage serve` or set S3_ENDPOINT_URL (with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+
+
+def resolve_credentials(cfg: StorageConfig) -> tuple[str, Optional[str], Optional[str], str]:
+    """``(endpoint, access_key, secret_key, region)``.
+
+    Order: ``cfg.endpoint``, then ``$S3_ENDPOINT_URL`` (keys from ``$AWS_ACCESS_KEY_ID`` /
+    ``$AWS_SECRET_ACCESS_KEY``, region from ``$AWS_DEFAULT_REGION``), then the embedded server's state. With
+    an explicit endpoint but no keys in the environment the keys are None and boto3's own chain decides
+    (shared config, instance role) — unless the endpoint is the embedded server's, whose keys are used.
+    """
+    endpoint = cfg.endpoint or os.environ.get("S3_ENDPOINT_URL") or None
+    if endpoint:
+        ak = os.environ.get("AWS_ACCESS_KEY_ID") or None
+        sk = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or cfg.region
+        if not (ak and sk):
+            from ensemw2s import s3server
+
+            with contextlib.suppress(Exception):
+                info = s3server.status()
+                if info is not None and info.endpoint.rstrip("/") == endpoint.rstrip("/"):
+                    ak, sk = info.access_key, info.secret_key
+        return endpoint, ak, sk, region
+    from ensemw2s import s3server
+
+    try:
+        info = s3server.status()
+    except Exception as exc:  # noqa: BLE001 - any failure to read the state means "no embedded server"
+        raise StorageError(f"no object storage configured and the embedded S3 server state is unreadable "
+                           f"({type(exc).__name__}): {_embedded_hint()}") from None
+    if info is None:
+        raise StorageError(f"no object storage configured and the embedded S3 server is not running: "
+                           f"{_embedded_hint()}")
+    return info.endpoint, info.access_key, info.secret_key, cfg.region
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _error_code(exc: BaseException) -> str:
+    resp = getattr(exc, "response", None) or {}
+    return str(resp.get("Error", {}).get("Code", "")) or str(
+        resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    return _error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+def _cause(exc: BaseException) -> str:
+    """A short, secret-free description of a boto3/botocore failure."""
+    from botocore import exceptions as bex
+
+    if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ConnectionClosedError)):
+        return f"cannot connect ({type(exc).__name__})"
+    if isinstance(exc, bex.ReadTimeoutError):
+        return "timed out waiting for the server (ReadTimeoutError)"
+    if isinstance(exc, (bex.NoCredentialsError, bex.PartialCredentialsError)):
+        return "no credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    if isinstance(exc, bex.ClientError):
+        code = _error_code(exc)
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                    "InvalidClientTokenId", "AuthorizationHeaderMalformed"):
+            return f"wrong credentials ({code})"
+        if code in ("AccessDenied", "403", "Forbidden"):
+            return f"access denied ({code}): wrong credentials or no permission"
+        if code in ("NoSuchBucket",):
+            return "bucket does not exist (NoSuchBucket)"
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return f"not found ({code})"
+        return f"{code or 'error'}: {exc.response.get('Error', {}).get('Message', '')}".strip().rstrip(":")
+    if isinstance(exc, bex.BotoCoreError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Store:
+    """One bucket of S3 object storage, with the run layout of DESIGN.md §3."""
+
+    def __init__(self, cfg: StorageConfig, endpoint: str, access_key: Optional[str], secret_key: Optional[str],
+                 region: str):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.cfg = cfg
+        self.bucket = cfg.bucket
+        self.endpoint = endpoint
+        self.region = region
+        self.prefix = str(cfg.prefix).strip("/")
+        for part in self.prefix.split("/"):
+            validate_name("storage prefix part", part)
+        session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                                        region_name=region)
+        common = dict(signature_version="s3v4", s3={"addressing_style": "path"})
+        self.client = session.client("s3", endpoint_url=endpoint, config=Config(
+            retries={"max_attempts": cfg.max_attempts, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+            **common))
+        # check() must fail fast on a dead endpoint: one retry, short timeouts
+        self._probe = session.client("s3", endpoint_url=endpoint, config=Config(
+            retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=10, **common))
+        threshold = int(cfg.multipart_threshold_mb * MiB)
+        self.transfer_config = TransferConfig(
+            multipart_threshold=threshold,
+            multipart_chunksize=max(8 * MiB, min(threshold, 64 * MiB)),
+            max_concurrency=4,
+        )
+
+    @classmethod
+    def from_config(cls, cfg: StorageConfig, *, start_embedded: bool = False) -> "Store":
+        """A store for ``cfg``; with ``start_embedded`` the embedded server is started if nothing is set."""
+        if start_embedded and not (cfg.endpoint or os.environ.get("S3_ENDPOINT_URL")):
+            from ensemw2s import s3server
+
+            try:
+                s3server.ensure_running()
+            except s3server.S3ServerError as exc:
+                raise StorageError(f"cannot start the embedded S3 server: {exc}") from None
+        return cls(cfg, *resolve_credentials(cfg))
+
+    def __repr__(self) -> str:
+        return f"Store(endpoint={self.endpoint!r}, bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    # ----------------------------------------------------------------------------------- naming
+    def key(self, run_id: str, step: str, *parts: str) -> str:
+        """``<prefix>/<run_id>/<step>/<parts...>`` (names validated, parts may hold '/'-separated paths)."""
+        validate_name("run id", run_id)
+        validate_name("step name", step)
+        for p in parts:
+            _validate_relpath("key part", p)
+        return "/".join([self.prefix, run_id, step, *parts])
+
+    def uri(self, run_id: str, step: str, *parts: str) -> str:
+        return self._uri(self.key(run_id, step, *parts))
+
+    def _uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _where(self) -> str:
+        return f"endpoint {self.endpoint}, bucket {self.bucket}"
+
+    @contextlib.contextmanager
+    def _errors(self, what: str, uri: Optional[str] = None) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            target = uri or f"s3://{self.bucket}"
+            raise StorageError(f"{what} failed: {target} ({self._where()}): {_cause(exc)}") from None
+
+    # ------------------------------------------------------------------------------------ bucket
+    def check(self, *, create: bool = True) -> None:
+        """Make sure the endpoint answers, the credentials work and the bucket exists (created if allowed)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        def fail(cause: str) -> StorageError:
+            hint = ""
+            if "cannot connect" in cause and not (self.cfg.endpoint or os.environ.get("S3_ENDPOINT_URL")):
+                hint = f"; {_embedded_hint()}"
+            return StorageError(f"object storage check failed ({self._where()}): {cause}{hint}")
+
+        try:
+            self._probe.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            return
+        except ClientError as exc:
+            if _error_code(exc) not in ("NoSuchBucket", "404"):
+                raise fail(_cause(exc)) from None
+        except BotoCoreError as exc:
+            raise fail(_cause(exc)) from None
+        if not create:
+            raise fail("bucket does not exist (NoSuchBucket)")
+        try:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket}
+            if self.region and self.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+            self._probe.create_bucket(**kwargs)
+        except ClientError as exc:
+            if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise fail(f"bucket does not exist and cannot be created: {_cause(exc)}") from None
+        except BotoCoreError as exc:
+            raise fail(_cause(exc)) from None
+
+    # ------------------------------------------------------------------------------ single files
+    def _exists(self, key: str) -> Optional[int]:
+        """Size of the object at ``key``, or None when it does not exist."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+
+    def exists(self, run_id: str, step: str, *parts: str) -> bool:
+        key = self.key(run_id, step, *parts)
+        with self._errors("head", self._uri(key)):
+            return self._exists(key) is not None
+
+    def _upload(self, path: Path, key: str, *, sha256: Optional[str] = None) -> None:
+        extra = {"Metadata": {"sha256": sha256}} if sha256 else None
+        with self._errors("upload", self._uri(key)):
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Config=self.transfer_config)
+
+    def _download(self, key: str, dest: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self._errors("download", self._uri(key)):
+                try:
+                    self.client.download_file(self.bucket, key, str(dest), Config=self.transfer_config)
+                except ClientError as exc:
+                    if _is_not_found(exc):
+                        raise FileNotFoundError(key) from None
+                    raise
+        except FileNotFoundError:
+            raise MissingObjectError(f"missing object: {self._uri(key)} ({self._where()})") from None
+
+    def put_file(self, local_path: str | os.PathLike, run_id: str, step: str, name: str) -> str:
+        """Upload one file to ``<prefix>/<run_id>/<step>/<name>``; returns its URI."""
+        path = Path(local_path)
+        if not path.is_file():
+            raise StorageError(f"cannot upload {path}: not a file")
+        key = self.key(run_id, step, name)
+        self._upload(path, key)
+        return self._uri(key)
+
+    def get_file(self, run_id: str, step: str, name: str, local_path: str | os.PathLike) -> Path:
+        """Download one object to ``local_path`` (through a temp file, so a killed download leaves nothing)."""
+        dest = Path(local_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        key = self.key(run_id, step, name)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        os.close(fd)
+        try:
+            self._download(key, Path(tmp))
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return dest
+
+    # ------------------------------------------------------------------------------------- JSON
+    @staticmethod
+    def _json_name(name: str) -> str:
+        validate_name("object name", name)
+        return name if name.endswith(".json") else f"{name}.json"
+
+    def put_json(self, run_id: str, step: str, name: str, obj: Any) -> str:
+        key = self.key(run_id, step, self._json_name(name))
+        body = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+        with self._errors("put", self._uri(key)):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
+        return self._uri(key)
+
+    def get_json(self, run_id: str, step: str, name: str) -> Any:
+        key = self.key(run_id, step, self._json_name(name))
+        return self._get_json_key(key, missing=f"missing object: run {run_id}, step {step}, "
+                                                f"name {name}, uri {self._uri(key)}")
+
+    def _get_json_key(self, key: str, *, missing: str) -> Any:
+        from botocore.exceptions import ClientError
+
+        with self._errors("get", self._uri(key)):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if _is_not_found(exc):
+                    raise MissingObjectError(f"{missing} ({self._where()})") from None
+                raise
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise CorruptArtifactError(f"corrupt JSON at {self._uri(key)} ({self._where()})") from None
+
+    # -------------------------------------------------------------------------------- listings
+    def _list(self, prefix: str, *, delimiter: Optional[str] = None) -> Iterator[dict]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        with self._errors("list", self._uri(prefix)):
+            for page in paginator.paginate(**kwargs):
+                for cp in page.get("CommonPrefixes", []) or []:
+                    yield {"Prefix": cp["Prefix"]}
+                for obj in page.get("Contents", []) or []:
+                    yield obj
+
+    def _children(self, prefix: str) -> list[str]:
+        names = {item["Prefix"][len(prefix):].rstrip("/") for item in self._list(prefix, delimiter="/")
+                 if "Prefix" in item}
+        return sorted(n for n in names if n)
+
+    def list_runs(self) -> list[str]:
+        return self._children(f"{self.prefix}/")
+
+    def list_steps(self, run_id: str) -> list[str]:
+        validate_name("run id", run_id)
+        return self._children(f"{self.prefix}/{run_id}/")
+
+    def list_outputs(self, run_id: str, step: str) -> list[str]:
+        return self._children(self.key(run_id, step) + "/")
+
+    def _delete_keys(self, keys: list[str], *, floor: Optional[str] = None) -> int:
+        """Delete ``keys`` in batches; returns how many. With ``floor`` (a prefix ending in '/'), the now
+        empty folders between the keys and ``floor`` (inclusive) are removed too, deepest first: SeaweedFS
+        keeps empty folders and lists them as common prefixes, unlike AWS (where this is a no-op)."""
+        folders: set[str] = set()
+        if floor:
+            for k in keys:
+                parts = k.split("/")[:-1]
+                while parts and ("/".join(parts) + "/").startswith(floor):
+                    folders.add("/".join(parts) + "/")
+                    parts.pop()
+        ordered = list(keys) + sorted(folders - set(keys), key=lambda f: (-f.count("/"), f))
+        deleted = 0
+        for i in range(0, len(ordered), _DELETE_BATCH):
+            batch = ordered[i:i + _DELETE_BATCH]
+            with self._errors("delete", self._uri(batch[0])):
+                resp = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            errors = resp.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageError(f"delete failed for {len(errors)} object(s), e.g. "
+                                   f"{self._uri(first.get('Key', ''))}: {first.get('Code')} ({self._where()})")
+            deleted += sum(1 for k in batch if k not in folders)
+        return deleted
+
+    def delete_run(self, run_id: str) -> int:
+        """Delete every object of a run (in batches of 1000); returns how many were deleted."""
+        validate_name("run id", run_id)
+        floor = f"{self.prefix}/{run_id}/"
+        keys = [o["Key"] for o in self._list(floor) if "Key" in o]
+        return self._delete_keys(keys, floor=floor)
+
+    # ------------------------------------------------------------------------------- artifacts
+    def _artifact_key(self, run_id: str, step: str, output: str) -> str:
+        validate_name("output name", output)
+        return self.key(run_id, step, output)
+
+    def manifest_uri(self, run_id: str, step: str, output: str) -> str:
+        return self._uri(f"{self._artifact_key(run_id, step, output)}/{MANIFEST}")
+
+    def put_dir(self, local_dir: str | os.PathLike, run_id: str, step: str, output: str, *, producer: str,
+                config_hash: str, extra: Optional[dict] = None) -> dict:
+        """Upload every file under ``local_dir`` as artifact ``output`` of ``step`` in ``run_id``.
+
+        Order: old manifest deleted, files uploaded, stale files of an earlier upload deleted, manifest
+        written last. Returns the manifest.
+        """
+        root = Path(local_dir)
+        if not root.is_dir():
+            raise StorageError(f"cannot upload {root}: not a directory")
+        base = self._artifact_key(run_id, step, output)
+        files = []
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = path.relative_to(root).as_posix()
+            _validate_relpath("file path", rel)
+            files.append((path, rel))
+        entries = [{"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)} for path, rel in files]
+        manifest_key = f"{base}/{MANIFEST}"
+        with self._errors("delete", self._uri(manifest_key)):
+            self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
+        for (path, _), entry in zip(files, entries):
+            self._upload(path, f"{base}/{FILES}/{entry['path']}", sha256=entry["sha256"])
+        wanted = {f"{base}/{FILES}/{e['path']}" for e in entries}
+        stale = [o["Key"] for o in self._list(f"{base}/{FILES}/") if "Key" in o and o["Key"] not in wanted]
+        if stale:
+            self._delete_keys(stale, floor=f"{base}/{FILES}/")
+        manifest = {
+            "run_id": run_id, "step": step, "output": output, "producer": producer,
+            "config_hash": config_hash, "created": _utcnow(), "files": entries, "extra": extra or {},
+        }
+        body = (json.dumps(manifest, indent=2) + "\n").encode()
+        with self._errors("put manifest", self._uri(manifest_key)):
+            self.client.put_object(Bucket=self.bucket, Key=manifest_key, Body=body, ContentType="application/json")
+        return manifest
+
+    def get_manifest(self, run_id: str, step: str, output: str) -> dict:
+        base = self._artifact_key(run_id, step, output)
+        manifest = self._get_json_key(f"{base}/{MANIFEST}", missing=(
+            f"missing artifact: run {run_id}, step {step}, output {output}, uri {self._uri(base)}/"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+            raise CorruptArtifactError(f"malformed manifest at {self._uri(base)}/{MANIFEST} ({self._where()})")
+        return manifest
+
+    def is_complete(self, run_id: str, step: str, output: str) -> bool:
+        """True when the manifest exists and every file it lists exists with the listed size."""
+        try:
+            manifest = self.get_manifest(run_id, step, output)
+        except (MissingObjectError, CorruptArtifactError):
+            return False
+        base = self._artifact_key(run_id, step, output)
+        sizes = {o["Key"]: o.get("Size") for o in self._list(f"{base}/{FILES}/") if "Key" in o}
+        return all(sizes.get(f"{base}/{FILES}/{e.get('path')}") == e.get("size") for e in manifest["files"])
+
+    def get_dir(self, run_id: str, step: str, output: str, local_dir: str | os.PathLike) -> dict:
+        """Download artifact ``output`` into ``local_dir``, verifying each file's sha256; returns the manifest.
+
+        Files land in a temp dir next to ``local_dir`` that replaces it only when everything verified, so a
+        killed or failed download never leaves a half-written ``local_dir``.
+        """
+        dest = Path(local_dir)
+        manifest = self.get_manifest(run_id, step, output)
+        base = self._artifact_key(run_id, step, output)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+        try:
+            for entry in manifest["files"]:
+                rel = _validate_relpath("manifest file path", str(entry.get("path", "")))
+                target = tmp.joinpath(*PurePosixPath(rel).parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                key = f"{base}/{FILES}/{rel}"
+                try:
+                    self._download(key, target)
+                except MissingObjectError:
+                    raise StorageError(f"incomplete artifact: run {run_id}, step {step}, output {output}: "
+                                       f"missing {self._uri(key)} ({self._where()})") from None
+                actual = sha256_file(target)
+                if actual != entry.get("sha256"):
+                    raise CorruptArtifactError(f"checksum mismatch for {self._uri(key)}: expected sha256 "
+                                       f"{entry.get('sha256')}, got {actual}")
+            self._replace_dir(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return manifest
+
+    @staticmethod
+    def _replace_dir(src: Path, dest: Path) -> None:
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()
+        if not dest.exists():
+            os.replace(src, dest)
+            return
+        with contextlib.suppress(OSError):  # an empty dir (e.g. one KFP created) is replaced directly
+            os.rmdir(dest)
+            os.replace(src, dest)
+            return
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+        os.replace(src, dest)
+        shutil.rmtree(old, ignore_errors=True)
