@@ -9,11 +9,11 @@ tolerations, S3 credentials from a Secret) through :mod:`pipelines.k8s`.
 
 Run as a script to compile: ``python pipelines/ensemw2s.py --config configs/default.yaml -o pipeline.yaml``.
 """
-from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 from kfp import compiler, dsl
 
@@ -23,7 +23,7 @@ PIPELINE_NAME = "ensemw2s"
 GPU_STEPS = ("train_expert", "pseudo_label", "train_student")
 
 
-def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: str | None = None):
+def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[str] = None):
     """A ``@dsl.pipeline`` function for ``cfg`` (T rounds unrolled)."""
     from components.steps import make_components
     from pipelines import k8s
@@ -84,7 +84,7 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: str | None 
     return ensemw2s_pipeline
 
 
-def compile_pipeline(cfg: Config, output: str | Path, *, for_cluster: bool = True) -> Path:
+def compile_pipeline(cfg: Config, output, *, for_cluster: bool = True) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(cfg, for_cluster=for_cluster), package_path=str(output))

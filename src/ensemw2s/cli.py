@@ -105,14 +105,16 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
     t0 = time.perf_counter()
     pipeline(run_id=run_id)
     wall = time.perf_counter() - t0
-    metrics = store.get_json(run_id, "report", "report/files/metrics.json")
+    report_dir = root / "report"
+    store.get_dir(run_id, "report", "report", report_dir)
+    metrics = json.loads((report_dir / "metrics.json").read_text())
     timings = step_timings(store, run_id)
     work = sum(t["work_seconds"] for t in timings.values())
     summary = {"run_id": run_id, "wall_seconds": round(wall, 1), "steps": len(timings),
                "step_work_seconds": round(work, 1),
                "orchestration_overhead_per_step": round((wall - work) / max(1, len(timings)), 2),
                "timings": timings, "report_uri": store.uri(run_id, "report", "report"),
-               "local_root": str(root)}
+               "report_dir": str(report_dir)}
     store.put_json(run_id, "_run", "summary.json", summary)
     return {"metrics": metrics, "summary": summary}
 
@@ -146,7 +148,9 @@ def cmd_run(args) -> int:
         print(f"  {step:28s} {t['work_seconds']:8.1f}{'  (restored from storage)' if t.get('restored') else ''}")
     print(f"total {s['wall_seconds']:.1f} s; steps' own work {s['step_work_seconds']:.1f} s; orchestration + "
           f"interpreter start-up {s['orchestration_overhead_per_step']:.2f} s per step")
-    print(f"\nreport: {s['report_uri']}/files/report.md  (local copy under {s['local_root']})")
+    print("\n" + (Path(s["report_dir"]) / "report.md").read_text())
+    print(f"report: {s['report_uri']}/files/report.md (local copy: {s['report_dir']}/report.md, "
+          f"report.html, accuracy_by_round.png)")
     print(f"rerun or resume with: ensemw2s run --run-id {run_id}" + (f" --config {args.config}" if args.config else ""))
     return 0
 
@@ -158,7 +162,11 @@ def cmd_report(args) -> int:
     storage_env(cfg)
     store = storage.Store.from_config(cfg.storage)
     store.check()
-    metrics = store.get_json(args.run_id, "report", "report/files/metrics.json")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store.get_dir(args.run_id, "report", "report", Path(tmp) / "r")
+        metrics = json.loads((Path(tmp) / "r" / "metrics.json").read_text())
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:

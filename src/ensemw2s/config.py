@@ -407,9 +407,15 @@ def section_from_json(cls: type, text: str, key: str) -> Any:
     return obj
 
 
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"cannot hash a {type(obj).__name__} in a config")
+
+
 def config_hash(obj: Any) -> str:
-    """Short hash of a config or section, recorded in artifact manifests."""
-    return hashlib.sha256(json.dumps(to_dict(obj), sort_keys=True).encode()).hexdigest()[:16]
+    """Short hash of a config, a section, or a dict of them; recorded in artifact manifests."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_plain).encode()).hexdigest()[:16]
 
 
 def dump_yaml(cfg: Config) -> str:

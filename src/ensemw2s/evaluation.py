@@ -60,8 +60,8 @@ def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_le
             o_ids, o_mask = o_ids.to(dev), o_mask.to(dev)
             mask = torch.cat([p_mask[rep], o_mask], dim=1)
             o_pos = p_mask[rep].sum(-1, keepdim=True) + torch.arange(o_ids.shape[1], device=dev)[None]
-            h = trunk(input_ids=o_ids, attention_mask=mask, position_ids=o_pos, past_key_values=cache,
-                      use_cache=True).last_hidden_state
+            h = trunk(input_ids=o_ids, attention_mask=mask, position_ids=o_pos, use_cache=True,
+                      **{_cache_keyword(trunk): cache}).last_hidden_state
             # token j of an option is predicted by the hidden state before it: the prompt's last, then option j-1
             hs = torch.cat([last_h[rep][:, None], h[:, :-1]], dim=1)
             logits = head(hs[o_mask.bool()]).float()
@@ -74,6 +74,13 @@ def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_le
                 out.setdefault(rid, [None] * len(batch[qi]["choices"]))[k] = lp[pos: pos + len(opt)]
                 pos += len(opt)
     return out
+
+
+def _cache_keyword(module) -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache`` in some forwards; use what this one takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def _repeat_cache(cache, index) -> None:

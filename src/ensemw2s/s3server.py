@@ -238,7 +238,8 @@ def _s3_client(endpoint: str, ak: str, sk: str, *, timeout: float = 3.0):
     return boto3.session.Session().client(
         "s3", endpoint_url=endpoint, aws_access_key_id=ak, aws_secret_access_key=sk, region_name="us-east-1",
         config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=timeout,
-                      signature_version="s3v4", s3={"addressing_style": "path"}),
+                      signature_version="s3v4", s3={"addressing_style": "path"},
+                      proxies={}),  # loopback: never through $HTTP_PROXY
     )
 
 
@@ -248,6 +249,44 @@ def _healthy(client) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "not ready"
         return False
+
+
+def _disk_volume_ids(data_dir: Path) -> set[int]:
+    ids = set()
+    for dat in data_dir.glob("*.dat"):  # "<id>.dat" or "<collection>_<id>.dat"
+        with contextlib.suppress(ValueError):
+            ids.add(int(dat.stem.rsplit("_", 1)[-1]))
+    return ids
+
+
+def _volumes_registered(master_port: int, wanted: set[int]) -> bool:
+    """True once the master knows every volume found on disk. Right after a restart S3 can already answer
+    ListBuckets while reads of existing objects fail with "volume N not found" for ~4 s, until the volume
+    server's first heartbeat reaches the master."""
+    if not wanted:
+        return True
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{HOST}:{master_port}/vol/status", timeout=2) as resp:
+            status = json.load(resp)
+    except (OSError, ValueError):
+        return False
+    seen: set[int] = set()
+
+    def walk(x) -> None:
+        if isinstance(x, dict):
+            if isinstance(x.get("Id"), int) and "Size" in x:
+                seen.add(x["Id"])
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(status.get("Volumes") if isinstance(status, dict) else None)
+    return wanted <= seen
 
 
 @contextlib.contextmanager
@@ -347,6 +386,7 @@ def _start(s3dir: Path, *, wait: float, foreground: bool) -> tuple[ServerInfo, s
         if log_file.stat().st_size > _LOG_ROTATE_BYTES:
             os.replace(log_file, log_file.with_suffix(".log.1"))
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB_ENV}
+    volumes_on_disk = _disk_volume_ids(data_dir)
     previous = _read_state(s3dir)
     last_error = ""
     for attempt in range(3):  # a chosen port can be taken between picking and binding: retry
@@ -375,7 +415,7 @@ def _start(s3dir: Path, *, wait: float, foreground: bool) -> tuple[ServerInfo, s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            if _healthy(client):
+            if _healthy(client) and _volumes_registered(ports["master.port"], volumes_on_disk):
                 info = ServerInfo(endpoint=endpoint, access_key=ak, secret_key=sk, pid=proc.pid,
                                   data_dir=data_dir, log_file=log_file)
                 return info, proc

@@ -23,6 +23,7 @@ import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional
+from urllib.parse import urlparse
 
 from ensemw2s.config import StorageConfig
 
@@ -173,7 +174,9 @@ class Store:
             validate_name("storage prefix part", part)
         session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                                         region_name=region)
-        common = dict(signature_version="s3v4", s3={"addressing_style": "path"})
+        common: dict[str, Any] = dict(signature_version="s3v4", s3={"addressing_style": "path"})
+        if urlparse(endpoint).hostname in ("127.0.0.1", "localhost", "::1"):
+            common["proxies"] = {}  # a proxy cannot reach our loopback server, whatever $HTTP_PROXY says
         self.client = session.client("s3", endpoint_url=endpoint, config=Config(
             retries={"max_attempts": cfg.max_attempts, "mode": "standard"}, connect_timeout=5, read_timeout=60,
             **common))

@@ -357,7 +357,7 @@ def train_sft(model_name: str, section, encoded: Sequence[Encoded], *, token_wei
             save_strategy="no", report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
             remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
             bf16=torch.cuda.is_available(), optim="adamw_torch", disable_tqdm=os.environ.get(
-                "ENSEMW2S_PROGRESS", "1") == "0", logging_dir=None,
+                "ENSEMW2S_PROGRESS", "1") == "0",
         )
         trainer = _weighted_trainer_cls()(model=model, args=args, train_dataset=ds,
                                           data_collator=_make_collator(tok.pad_token_id))

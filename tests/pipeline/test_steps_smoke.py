@@ -1,0 +1,51 @@
+"""CPU smoke test: every step's main() in order on configs/tiny.yaml, on local folders (no storage)."""
+import json
+
+from ensemw2s.steps import evaluate, pseudo_label, report, split_data, train_expert, train_student, update_weights
+
+METRIC_KEYS = ("weak_single_acc_id", "weak_single_acc_ood", "ensemble_acc_id", "ensemble_acc_ood",
+               "ensemble_acc_ood_by_round", "student_single_acc_ood", "student_ensemble_acc_ood",
+               "ceiling_acc_ood", "pgr_single", "pgr_ens", "alphas", "rounds", "seed")
+
+
+def test_steps_in_order(repo_root, tiny_assets, tmp_path):
+    cfg = ["--config", str(repo_root / "configs/tiny.yaml")]
+    d = tmp_path
+    assert split_data.main(cfg + ["--splits", str(d / "splits"), "--state", str(d / "state0")]) == 0
+    rounds = 2
+    for t in range(1, rounds + 1):
+        assert train_expert.main(cfg + ["--round", str(t), "--splits", str(d / "splits"), "--state",
+                                        str(d / f"state{t - 1}"), "--expert", str(d / f"expert{t}")]) == 0
+        meta = json.loads((d / f"expert{t}" / "expert.json").read_text())
+        assert set(meta) >= {"round", "eps", "eps_prior", "alpha", "seed"}
+        assert update_weights.main(cfg + ["--round", str(t), "--state", str(d / f"state{t - 1}"), "--expert",
+                                          str(d / f"expert{t}"), "--out-state", str(d / f"state{t}")]) == 0
+    state = json.loads((d / f"state{rounds}" / "state.json").read_text())
+    assert [e["round"] for e in state["experts"]] == [1, 2]
+    for source in ("ensemble", "single", "gold"):
+        assert pseudo_label.main(cfg + ["--source", source, "--splits", str(d / "splits"), "--state",
+                                        str(d / f"state{rounds}"), "--labels", str(d / f"labels-{source}")]) == 0
+        assert train_student.main(cfg + ["--source", source, "--labels", str(d / f"labels-{source}"),
+                                         "--student", str(d / f"student-{source}")]) == 0
+        assert evaluate.main(cfg + ["--target", f"student-{source}", "--splits", str(d / "splits"),
+                                    "--student", str(d / f"student-{source}"), "--out",
+                                    str(d / f"eval-student-{source}")]) == 0
+    gold = [json.loads(x) for x in (d / "labels-gold" / "labels.jsonl").read_text().splitlines()]
+    assert all(r["correct"] for r in gold)
+    assert evaluate.main(cfg + ["--target", "experts", "--splits", str(d / "splits"), "--state",
+                                str(d / f"state{rounds}"), "--out", str(d / "eval-experts")]) == 0
+    args = cfg + ["--out", str(d / "report")]
+    for t in evaluate.TARGETS:
+        args += [f"--eval-{t}", str(d / f"eval-{t}")]
+    assert report.main(args) == 0
+    metrics = json.loads((d / "report" / "metrics.json").read_text())
+    for k in METRIC_KEYS:
+        assert k in metrics, k
+    assert len(metrics["ensemble_acc_ood_by_round"]) == rounds
+    assert len(metrics["alphas"]) == rounds
+    assert (d / "report" / "accuracy_by_round.png").stat().st_size > 1000
+    assert "EnsemW2S ensemble" in (d / "report" / "report.md").read_text()
+    preds = [json.loads(x) for x in (d / "report" / "predictions.jsonl").read_text().splitlines()]
+    assert {p["model"] for p in preds} >= {"weak_single", "ensemble", "student_single", "student_ensemble",
+                                           "ceiling", "ensemble_r1", "ensemble_r2"}
+    assert all(set(p) >= {"id", "model", "output", "chosen", "correct"} for p in preds)
