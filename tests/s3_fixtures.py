@@ -16,16 +16,17 @@ or with ``pytest_plugins = ["s3_fixtures"]`` after the same sys.path line.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import pytest
 
-__all__ = ["S3Endpoint", "s3_server", "s3_env", "store", "store_factory", "unique_bucket"]
+__all__ = ["S3Endpoint", "s3_env", "s3_server", "store", "store_factory", "unique_bucket"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class S3Endpoint:
     endpoint: str
     access_key: str
     secret_key: str = field(repr=False)
-    home: Optional[Path] = None  # the embedded server's home; None for an external endpoint
+    home: Path | None = None  # the embedded server's home; None for an external endpoint
 
 
 def unique_bucket() -> str:
@@ -76,17 +77,16 @@ def s3_env(s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> S3Endpoint
 
 
 def _empty_and_remove(st) -> None:
-    try:
+    # best effort: the bucket name is unique anyway, and a failed cleanup must not fail the test
+    with contextlib.suppress(Exception):
         keys = [o["Key"] for o in st._list("") if "Key" in o]
         if keys:
             st._delete_keys(keys)
         st.client.delete_bucket(Bucket=st.bucket)
-    except Exception:  # noqa: BLE001 - cleanup is best effort; the bucket name is unique anyway
-        pass
 
 
 @pytest.fixture
-def store_factory(s3_env: S3Endpoint) -> Iterator[Callable[..., "object"]]:
+def store_factory(s3_env: S3Endpoint) -> Iterator[Callable[..., object]]:
     from ensemw2s.config import StorageConfig
     from ensemw2s.storage import Store
 

@@ -90,9 +90,15 @@ def cmd_compile(args) -> int:
 
 def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
     """Run the compiled DAG with kfp.local's SubprocessRunner; return the metrics and timings."""
+    import warnings
+
     import kfp.local
 
     from ensemw2s import assets, storage
+
+    # the local runner ignores display names and cannot check our image: both expected, both noise here
+    warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=r".*custom or non-Python base image.*")
     from pipelines.ensemw2s import build_pipeline
 
     store = storage.Store.from_config(cfg.storage)
@@ -115,14 +121,14 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
                "orchestration_overhead_per_step": round((wall - work) / max(1, len(timings)), 2),
                "timings": timings, "report_uri": store.uri(run_id, "report", "report"),
                "report_dir": str(report_dir)}
-    store.put_json(run_id, "_run", "summary.json", summary)
+    store.put_json(run_id, "run-summary", "summary.json", summary)
     return {"metrics": metrics, "summary": summary}
 
 
 def step_timings(store, run_id: str) -> dict:
     out = {}
     for step in store.list_steps(run_id):
-        if step.startswith("_"):
+        if step == "run-summary":
             continue
         try:
             out[step] = store.get_json(run_id, step, "timing.json")

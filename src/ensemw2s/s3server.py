@@ -27,9 +27,9 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
 
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
@@ -546,7 +546,7 @@ def _print_info(info: ServerInfo, s3dir: Path) -> None:
     print(f"log:              {info.log_file}")
 
 
-def cli(argv: Optional[list[str]] = None) -> int:
+def cli(argv: list[str] | None = None) -> int:
     """``serve|stop|status`` for the embedded S3 server (mapped to ``ensemw2s storage ...``)."""
     parser = argparse.ArgumentParser(prog="ensemw2s storage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, default=None,

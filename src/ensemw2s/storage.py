@@ -21,8 +21,9 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Optional
+from typing import Any
 from urllib.parse import urlparse
 
 from ensemw2s.config import StorageConfig
@@ -81,7 +82,7 @@ def _embedded_hint() -> str:
     return "run `ensemw2s storage serve` or set S3_ENDPOINT_URL (with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
 
 
-def resolve_credentials(cfg: StorageConfig) -> tuple[str, Optional[str], Optional[str], str]:
+def resolve_credentials(cfg: StorageConfig) -> tuple[str, str | None, str | None, str]:
     """``(endpoint, access_key, secret_key, region)``.
 
     Order: ``cfg.endpoint``, then ``$S3_ENDPOINT_URL`` (keys from ``$AWS_ACCESS_KEY_ID`` /
@@ -159,7 +160,7 @@ def _cause(exc: BaseException) -> str:
 class Store:
     """One bucket of S3 object storage, with the run layout of DESIGN.md §3."""
 
-    def __init__(self, cfg: StorageConfig, endpoint: str, access_key: Optional[str], secret_key: Optional[str],
+    def __init__(self, cfg: StorageConfig, endpoint: str, access_key: str | None, secret_key: str | None,
                  region: str):
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -174,7 +175,7 @@ class Store:
             validate_name("storage prefix part", part)
         session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                                         region_name=region)
-        common: dict[str, Any] = dict(signature_version="s3v4", s3={"addressing_style": "path"})
+        common: dict[str, Any] = {"signature_version": "s3v4", "s3": {"addressing_style": "path"}}
         if urlparse(endpoint).hostname in ("127.0.0.1", "localhost", "::1"):
             common["proxies"] = {}  # a proxy cannot reach our loopback server, whatever $HTTP_PROXY says
         self.client = session.client("s3", endpoint_url=endpoint, config=Config(
@@ -191,7 +192,7 @@ class Store:
         )
 
     @classmethod
-    def from_config(cls, cfg: StorageConfig, *, start_embedded: bool = False) -> "Store":
+    def from_config(cls, cfg: StorageConfig, *, start_embedded: bool = False) -> Store:
         """A store for ``cfg``; with ``start_embedded`` the embedded server is started if nothing is set."""
         if start_embedded and not (cfg.endpoint or os.environ.get("S3_ENDPOINT_URL")):
             from ensemw2s import s3server
@@ -224,7 +225,7 @@ class Store:
         return f"endpoint {self.endpoint}, bucket {self.bucket}"
 
     @contextlib.contextmanager
-    def _errors(self, what: str, uri: Optional[str] = None) -> Iterator[None]:
+    def _errors(self, what: str, uri: str | None = None) -> Iterator[None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -266,7 +267,7 @@ class Store:
             raise fail(_cause(exc)) from None
 
     # ------------------------------------------------------------------------------ single files
-    def _exists(self, key: str) -> Optional[int]:
+    def _exists(self, key: str) -> int | None:
         """Size of the object at ``key``, or None when it does not exist."""
         from botocore.exceptions import ClientError
 
@@ -282,7 +283,7 @@ class Store:
         with self._errors("head", self._uri(key)):
             return self._exists(key) is not None
 
-    def _upload(self, path: Path, key: str, *, sha256: Optional[str] = None) -> None:
+    def _upload(self, path: Path, key: str, *, sha256: str | None = None) -> None:
         extra = {"Metadata": {"sha256": sha256}} if sha256 else None
         with self._errors("upload", self._uri(key)):
             self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra, Config=self.transfer_config)
@@ -359,7 +360,7 @@ class Store:
             raise CorruptArtifactError(f"corrupt JSON at {self._uri(key)} ({self._where()})") from None
 
     # -------------------------------------------------------------------------------- listings
-    def _list(self, prefix: str, *, delimiter: Optional[str] = None) -> Iterator[dict]:
+    def _list(self, prefix: str, *, delimiter: str | None = None) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         if delimiter:
@@ -368,8 +369,7 @@ class Store:
             for page in paginator.paginate(**kwargs):
                 for cp in page.get("CommonPrefixes", []) or []:
                     yield {"Prefix": cp["Prefix"]}
-                for obj in page.get("Contents", []) or []:
-                    yield obj
+                yield from page.get("Contents", []) or []
 
     def _children(self, prefix: str) -> list[str]:
         names = {item["Prefix"][len(prefix):].rstrip("/") for item in self._list(prefix, delimiter="/")
@@ -386,7 +386,7 @@ class Store:
     def list_outputs(self, run_id: str, step: str) -> list[str]:
         return self._children(self.key(run_id, step) + "/")
 
-    def _delete_keys(self, keys: list[str], *, floor: Optional[str] = None) -> int:
+    def _delete_keys(self, keys: list[str], *, floor: str | None = None) -> int:
         """Delete ``keys`` in batches; returns how many. With ``floor`` (a prefix ending in '/'), the now
         empty folders between the keys and ``floor`` (inclusive) are removed too, deepest first: SeaweedFS
         keeps empty folders and lists them as common prefixes, unlike AWS (where this is a no-op)."""
@@ -428,7 +428,7 @@ class Store:
         return self._uri(f"{self._artifact_key(run_id, step, output)}/{MANIFEST}")
 
     def put_dir(self, local_dir: str | os.PathLike, run_id: str, step: str, output: str, *, producer: str,
-                config_hash: str, extra: Optional[dict] = None) -> dict:
+                config_hash: str, extra: dict | None = None) -> dict:
         """Upload every file under ``local_dir`` as artifact ``output`` of ``step`` in ``run_id``.
 
         Order: old manifest deleted, files uploaded, stale files of an earlier upload deleted, manifest

@@ -116,8 +116,7 @@ def test_large_file_goes_multipart(store, tmp_path):
     src.mkdir()
     big = src / "model.safetensors"
     with open(big, "wb") as fh:
-        for _ in range(70):
-            fh.write(os.urandom(MiB))
+        fh.writelines(os.urandom(MiB) for _ in range(70))
     assert big.stat().st_size > store.cfg.multipart_threshold_mb * MiB
     store.put_dir(src, "r", "train_student", "model", producer="t", config_hash="h")
     head = store.client.head_object(Bucket=store.bucket, Key=store.key("r", "train_student", "model",
