@@ -108,6 +108,10 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                    raise_on_error=True)
     pipeline = build_pipeline(cfg, for_cluster=False)
+    from ensemw2s.config import to_dict
+
+    # the full config of the run, so any step can be rerun later from object storage alone
+    store.put_json(run_id, "run-summary", "config.json", to_dict(cfg))
     t0 = time.perf_counter()
     pipeline(run_id=run_id)
     wall = time.perf_counter() - t0

@@ -39,6 +39,11 @@ class StepIO:
 
     def __init__(self, step: str, *, run_id: Optional[str], storage: Optional[StorageConfig],
                  config_hash: str, resume: bool = True):
+        # a single-step rerun (``ensemw2s rerun-step``) publishes under "<step>.attempt-<n>" and never
+        # restores: it reads its inputs from the original run and leaves the original outputs untouched
+        attempt = os.environ.get("ENSEMW2S_ATTEMPT")
+        if attempt:
+            step, resume = f"{step}.attempt-{int(attempt)}", False
         self.step, self.run_id, self.config_hash, self.resume = step, run_id, config_hash, resume
         self.t0 = time.time()
         self.store = None
