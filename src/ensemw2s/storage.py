@@ -13,6 +13,7 @@ downloads are verified against it. Endpoint and credentials come from the config
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -23,7 +24,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 from ensemw2s.config import StorageConfig
@@ -526,3 +527,37 @@ class Store:
         os.replace(dest, old)
         os.replace(src, dest)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def fetch_uri_folder(uri: str, *, cfg: Optional[StorageConfig] = None) -> Path:
+    """Download every object under ``s3://bucket/some/folder/`` (e.g. a model) into the asset cache once;
+    returns the local folder. The endpoint and credentials come from ``cfg`` / the environment as for runs."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
+        raise StorageError(f"not an s3:// folder URI: {uri!r} (expected s3://bucket/path/to/folder)")
+    bucket, prefix = parsed.netloc, parsed.path.strip("/") + "/"
+    for part in prefix.strip("/").split("/"):
+        validate_name("path part of " + uri, part)
+    from ensemw2s import assets
+
+    dest = assets.home() / "cache" / "s3" / bucket / prefix.strip("/")
+    done = dest / ".ensemw2s-complete"
+    if done.is_file():
+        return dest
+    base = cfg or StorageConfig()
+    store = Store(dataclasses.replace(base, bucket=bucket), *resolve_credentials(base))
+    keys = [o["Key"] for o in store._list(prefix) if "Key" in o and not o["Key"].endswith("/")]
+    if not keys:
+        raise MissingObjectError(f"missing artifact: no objects under {uri} ({store._where()})")
+    tmp = dest.with_name(dest.name + ".part")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for k in keys:
+        target = tmp / k[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store._download(k, target)
+    (tmp / done.name).write_text(uri)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest

@@ -309,3 +309,19 @@ def test_server_lifecycle(tmp_path, capsys):
     finally:
         s3server.stop(home)
     assert s3server.status(home) is None
+
+
+def test_fetch_uri_folder_downloads_a_model_folder_once(store, tmp_path, monkeypatch):
+    from ensemw2s import storage
+
+    monkeypatch.setenv("ENSEMW2S_HOME", str(tmp_path / "home"))
+    store.client.put_object(Bucket=store.bucket, Key="models/m1/config.json", Body=b"{}")
+    store.client.put_object(Bucket=store.bucket, Key="models/m1/sub/w.bin", Body=b"x" * 10)
+    dest = storage.fetch_uri_folder(f"s3://{store.bucket}/models/m1")
+    assert (dest / "config.json").read_bytes() == b"{}" and (dest / "sub/w.bin").stat().st_size == 10
+    store.client.delete_object(Bucket=store.bucket, Key="models/m1/config.json")
+    assert storage.fetch_uri_folder(f"s3://{store.bucket}/models/m1") == dest  # cached, no second download
+    with pytest.raises(storage.StorageError, match="no objects under"):
+        storage.fetch_uri_folder(f"s3://{store.bucket}/models/none")
+    with pytest.raises(storage.StorageError, match="not an s3:// folder"):
+        storage.fetch_uri_folder("s3://bucketonly")
