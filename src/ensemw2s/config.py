@@ -367,7 +367,9 @@ def safe_load_yaml(text: str, source: str = "<string>") -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML (only plain YAML is accepted, no object tags): {exc}") from None
+        # one line: PyYAML's message spans several (problem, position, a caret under the column)
+        raise ConfigError(f"{source}: not valid YAML (only plain YAML is accepted, no object tags): "
+                          f"{' '.join(str(exc).split())}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -253,6 +253,8 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
         f"Primary accuracy: **{metrics.get('primary', 'loglik')}** (option log-likelihood = `ll`, generation = "
         f"`gen`). ID = easy_test (n={n_id}), OOD = hard_test (n={n_ood}).",
         "",
+        f"Weak experts: {metrics.get('weak_model') or '?'}; strong student: {metrics.get('strong_model') or '?'}.",
+        "",
         "| model | ID | OOD | ID ll | OOD ll | ID gen | OOD gen |",
         "|---|---|---|---|---|---|---|",
     ]

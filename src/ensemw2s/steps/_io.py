@@ -144,8 +144,12 @@ def run_main(fn: Callable[[], object]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except RuntimeError as exc:
-        # StorageError, AssetError, ModelError: user-facing, one line
-        if type(exc).__name__ in ("StorageError", "AssetError", "ModelError"):
+        # StorageError (and its MissingObjectError / CorruptArtifactError), AssetError, ModelError: user-facing
+        from ensemw2s.assets import AssetError
+        from ensemw2s.storage import StorageError
+        from ensemw2s.training import ModelError
+
+        if isinstance(exc, (StorageError, AssetError, ModelError)):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

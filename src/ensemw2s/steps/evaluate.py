@@ -93,6 +93,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         info["eps"] = [e["eps"] for e in state["experts"]]
         info["eps_prior"] = [e["eps_prior"] for e in state["experts"]]
         info["active_rounds"] = [m["round"] for m in active]
+        info["weak_model"] = state["weak_model"]
     else:
         from ensemw2s.ensemble import EnsembleDecoder
         from ensemw2s.training import load_saved

@@ -48,8 +48,12 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
                      "alphas": exp["alphas"], "eps": exp["eps"], "eps_prior": exp["eps_prior"],
                      "active_rounds": exp["active_rounds"],
                      "eval_seconds": {t: i["seconds"] for t, i in infos.items()}, **(extra or {})}
+    from ensemw2s.assets import model_display_name
+
+    metrics_extra["weak_model"] = model_display_name(exp["weak_model"]) if "weak_model" in exp else None
     for t, i in infos.items():
         if "student" in i:
+            metrics_extra["strong_model"] = model_display_name(i["student"]["base_model"])
             metrics_extra[f"{t.replace('-', '_')}_labels_accuracy_vs_gold"] = i["student"]["labels_accuracy_vs_gold"]
     metrics = build_metrics(preds, primary=ev.primary, extra=metrics_extra)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,9 @@ def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, st
     outputs = {"splits": splits_dir, "state": state_dir}
     if io.restore(outputs):
         return {}
+    from ensemw2s import assets
+
+    assets.resolve_model(weak.model)  # an unknown model name fails here, before the data are loaded
     easy_rows = load_side(data, "easy")
     hard_rows = None if data.easy == data.hard else load_side(data, "hard")
     if needs_model_difficulty(data):

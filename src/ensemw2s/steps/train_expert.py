@@ -51,8 +51,10 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     if state["round"] != round_:
         raise ValueError(f"{key}: the boosting state is for round {state['round']}, not {round_}")
     if state["weak_model"] != experts.model:
-        raise ValueError(f"{key}: experts.model is {experts.model!r} but the state was made for "
-                         f"{state['weak_model']!r}")
+        from ensemw2s.config import ConfigError
+
+        raise ConfigError(f"{key}: experts.model is {experts.model!r} but the state was made for "
+                          f"{state['weak_model']!r}")
     expert_seed = seed * 1000 + round_
     meta = {"round": round_, "seed": expert_seed, "base_model": experts.model, "alpha_rule": boosting_cfg.alpha_rule,
             "sampling": boosting_cfg.sampling}
@@ -79,7 +81,9 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
 
     tok = load_tokenizer(resolve_model_path(experts.model))
     if tokenizer_signature(tok) != state["tokenizer"]:
-        raise ValueError(f"{key}: the tokenizer of {experts.model!r} differs from the one the weights were made "
+        from ensemw2s.training import ModelError
+
+        raise ModelError(f"{key}: the tokenizer of {experts.model!r} differs from the one the weights were made "
                          "with; all experts must share one tokenizer")
     enc = encode_rows(tok, rows, experts.train.max_length)
     model_dir = expert_dir / "model"
