@@ -141,17 +141,50 @@ def step_timings(store, run_id: str) -> dict:
     return dict(sorted(out.items(), key=lambda kv: kv[1].get("start", 0)))
 
 
+def check_models(cfg) -> None:
+    """Resolve the expert and student models before anything starts: an unknown name or a broken model
+    folder must fail here, not minutes later inside a pipeline step."""
+    from ensemw2s import assets
+    from ensemw2s.training import ModelError, _check_weights_folder
+
+    for key, name in (("experts.model", cfg.experts.model), ("student.model", cfg.student.model)):
+        try:
+            path = assets.resolve_model(name)
+        except assets.AssetError as exc:
+            if name in assets.MODEL_REGISTRY:  # known but not set up: an environment problem, not the config
+                raise
+            raise ConfigError(f"{key}: {exc}") from None
+        if Path(path).is_dir():
+            try:
+                _check_weights_folder(Path(path))
+            except ModelError as exc:
+                raise ModelError(f"{key}: {exc}") from None
+
+
 def cmd_run(args) -> int:
     cfg = _load(args)
     run_id = args.run_id or new_run_id(cfg)
     from ensemw2s import storage
 
     storage.validate_name("run id", run_id)
+    check_models(cfg)
     where = storage_env(cfg)
     print(f"ensemw2s run {run_id}: {cfg.boosting.rounds} rounds, experts {cfg.experts.model}, student "
           f"{cfg.student.model}, data {cfg.data.easy} -> {cfg.data.hard}; object store {where['endpoint']}"
           f" ({'embedded SeaweedFS' if where['embedded'] else 'external'})", flush=True)
-    result = run_local(cfg, run_id)
+    try:
+        result = run_local(cfg, run_id)
+    except RuntimeError as exc:
+        # kfp.local: "Pipeline ensemw2s finished with status FAILURE. Inner task failed: <task>." (coloured)
+        if "finished with status" not in str(exc):
+            raise
+        import re
+
+        msg = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        print(f"error: run {run_id} failed: {msg} The step's own error is in the log above; fix it and resume "
+              f"with: ensemw2s run --run-id {run_id}" + (f" --config {args.config}" if args.config else ""),
+              file=sys.stderr)
+        return 1
     s = result["summary"]
     print("\nper-step wall time (work inside the step, s):")
     for step, t in s["timings"].items():
@@ -219,7 +252,56 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-id", required=True)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_report)
+
+    from ensemw2s import cluster
+
+    s = sub.add_parser("submit", help="compile for Kubernetes and create one run on a KFP server")
+    _add_config(s)
+    cluster.add_cluster_args(s)
+    s.add_argument("--run-name", default=None, help="display name of the KFP run")
+    s.add_argument("--run-id", default=None, help="run id (the object-storage prefix); default: generated")
+    s.set_defaults(fn=cmd_submit)
+
+    s = sub.add_parser("schedule", help="create or replace a KFP recurring run (6-field cron, seconds first)")
+    _add_config(s)
+    cluster.add_cluster_args(s)
+    s.add_argument("--cron", required=True, help='6 fields, seconds first, e.g. "0 0 3 * * *" (03:00 daily)')
+    s.add_argument("--name", default=None, help="recurring run name (default: the experiment name); an "
+                   "existing recurring run of this name in the experiment is replaced")
+    s.set_defaults(fn=cmd_schedule)
+
+    s = sub.add_parser("rerun-step", help="rerun one step of a stored run (or --docker); diff its metrics")
+    _add_config(s)
+    s.add_argument("--run-id", required=True)
+    s.add_argument("--step", required=True, help="step key, e.g. evaluate-experts, train_expert-r2")
+    s.add_argument("--docker", action="store_true", help="run in the project image (needs a Docker engine)")
+    s.add_argument("--attempt", type=int, default=None, help="attempt number (default: the next free one)")
+    s.add_argument("--keep", action="store_true", help="keep the local work dir")
+    s.set_defaults(fn=cmd_rerun_step)
     return p
+
+
+def cmd_submit(args) -> int:
+    from ensemw2s import cluster
+
+    return cluster.cli_call(cluster.submit, host=args.host, config=args.config, overrides=args.overrides,
+                            pipeline=args.pipeline, experiment=args.experiment, run_name=args.run_name,
+                            run_id=args.run_id, namespace=args.namespace)
+
+
+def cmd_schedule(args) -> int:
+    from ensemw2s import cluster
+
+    return cluster.cli_call(cluster.schedule, host=args.host, cron=args.cron, config=args.config,
+                            overrides=args.overrides, pipeline=args.pipeline, experiment=args.experiment,
+                            name=args.name, namespace=args.namespace)
+
+
+def cmd_rerun_step(args) -> int:
+    from ensemw2s import cluster
+
+    return cluster.cli_call(cluster.rerun_step, run_id=args.run_id, step=args.step, overrides=args.overrides,
+                            docker=args.docker, attempt=args.attempt, config=args.config, keep=args.keep)
 
 
 def main(argv=None) -> int:
@@ -230,7 +312,11 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        if type(exc).__name__ in ("StorageError", "AssetError", "ModelError") or str(exc).startswith("no S3"):
+        from ensemw2s.assets import AssetError
+        from ensemw2s.storage import StorageError  # and its MissingObjectError / CorruptArtifactError
+        from ensemw2s.training import ModelError
+
+        if isinstance(exc, (StorageError, AssetError, ModelError)) or str(exc).startswith("no S3"):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise
