@@ -187,7 +187,9 @@ def ensemble_members(state: dict, io: StepIO, members: str, upto: Optional[int] 
     if not chosen:
         raise ValueError(f"no usable expert in the boosting state (rounds {[e['round'] for e in experts]}, "
                          "all with alpha <= 0?)")
-    return [{**e, "path": str(io.fetch(e["path"], e["step"], e["output"]) / "model")} for e in chosen]
+    # a recorded path is only usable on the machine (or pod) that wrote it; elsewhere fetch into the cache
+    return [{**e, "path": str(io.fetch(e["path"] if Path(e["path"]).is_dir() else None, e["step"], e["output"])
+                              / "model")} for e in chosen]
 
 
 def open_decoder(members: list[dict], combine: str, batch_size: int):
