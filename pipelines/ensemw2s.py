@@ -26,6 +26,7 @@ GPU_STEPS = ("train_expert", "pseudo_label", "train_student")
 def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[str] = None):
     """A ``@dsl.pipeline`` function for ``cfg`` (T rounds unrolled)."""
     from components.steps import make_components
+
     from pipelines import k8s
 
     c = make_components(image or cfg.resources.image)

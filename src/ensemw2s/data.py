@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
+
+if TYPE_CHECKING:
+    from ensemw2s.config import DataConfig
 
 SPLITS = ("easy_train", "easy_val", "easy_test", "hard_pool", "hard_test")
 REQUIRED_FIELDS = ("id", "question", "choices", "answer", "answer_index")

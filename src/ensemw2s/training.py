@@ -315,7 +315,8 @@ def _weighted_trainer_cls():
 
 
 def apply_lora(model, lora_cfg):
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     names = {n.split(".")[-1] for n, _ in model.named_modules()}
     targets = [t for t in lora_cfg.target_modules if t in names]

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from s3_fixtures import unique_bucket
 
 pytestmark = pytest.mark.s3

@@ -1,7 +1,15 @@
 """CPU smoke test: every step's main() in order on configs/tiny.yaml, on local folders (no storage)."""
 import json
 
-from ensemw2s.steps import evaluate, pseudo_label, report, split_data, train_expert, train_student, update_weights
+from ensemw2s.steps import (
+    evaluate,
+    pseudo_label,
+    report,
+    split_data,
+    train_expert,
+    train_student,
+    update_weights,
+)
 
 METRIC_KEYS = ("weak_single_acc_id", "weak_single_acc_ood", "ensemble_acc_id", "ensemble_acc_ood",
                "ensemble_acc_ood_by_round", "student_single_acc_ood", "student_ensemble_acc_ood",

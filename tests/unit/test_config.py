@@ -1,7 +1,7 @@
 """Config loading: defaults < YAML < --set; every error names the key and what is allowed."""
 import pytest
 
-from ensemw2s.config import ConfigError, load_config, section_from_json, section_to_json, BoostingConfig
+from ensemw2s.config import BoostingConfig, ConfigError, load_config, section_from_json, section_to_json
 
 
 def test_defaults_and_repo_configs_validate(repo_root):

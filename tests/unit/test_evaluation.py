@@ -8,8 +8,8 @@ from ensemw2s import evaluation as ev
 
 
 def _rows():
-    from ensemw2s.data import read_jsonl
     from ensemw2s import assets
+    from ensemw2s.data import read_jsonl
 
     return read_jsonl(assets.dataset_file("arc_easy", "test"))[:6]
 

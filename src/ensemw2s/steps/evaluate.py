@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Optional
 
 from ensemw2s.config import EnsembleConfig, EvalConfig, StorageConfig, config_hash, load_config
-from ensemw2s.steps._io import StepIO, base_parser, ensemble_members, open_decoder, read_json, run_main, write_json
+from ensemw2s.steps._io import (
+    StepIO,
+    base_parser,
+    ensemble_members,
+    open_decoder,
+    read_json,
+    run_main,
+    write_json,
+)
 
 STEP = "evaluate"
 STUDENT_NAMES = {"single": "student_single", "ensemble": "student_ensemble", "gold": "ceiling"}

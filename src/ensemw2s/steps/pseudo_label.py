@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Optional
 
 from ensemw2s.config import EnsembleConfig, StorageConfig, config_hash, load_config
-from ensemw2s.steps._io import StepIO, base_parser, ensemble_members, open_decoder, read_json, run_main, write_json
+from ensemw2s.steps._io import (
+    StepIO,
+    base_parser,
+    ensemble_members,
+    open_decoder,
+    read_json,
+    run_main,
+    write_json,
+)
 
 STEP = "pseudo_label"
 SOURCES = ("ensemble", "single", "gold")
