@@ -304,6 +304,8 @@ def plot_by_round(metrics: dict, path: Path) -> None:
         single = metrics.get(f"weak_single_acc_{tag}_ll")
         if single is not None:
             ax.axhline(single, color=color, linestyle="--", linewidth=1, label=f"single expert ({tag.upper()})")
+    rounds = len(metrics.get("ensemble_acc_ood_by_round") or []) or 1
+    ax.set_xticks(range(1, rounds + 1))
     ax.set_xlabel("rounds in the ensemble (T)")
     ax.set_ylabel("accuracy (option log-lik.)")
     ax.set_title("EnsemW2S ensemble accuracy by round")
