@@ -1,0 +1,382 @@
+"""Ensemble decoding throughput and memory: EnsembleDecoder vs HF generate vs a naive no-cache ensemble.
+
+Greedy decoding of ARC-Easy test prompts (the pipeline's prompt format), 32 new tokens, K = 1, 3, 5 experts.
+Experts: SmolLM2-135M-Instruct (dequantised, fp32, eager attention as ``load_causal_lm`` loads it on CPU), each
+with its own small random LoRA adapter (r=16 on all projections, lora_B ~ N(0, 0.005)) so the copies differ.
+
+* (a) ``EnsembleDecoder`` over K *merged* copies (K separate models), the project's batch size (16), KV cache.
+* (a') ``EnsembleDecoder.from_lora_adapters``: one base + K unmerged adapters (what pseudo_label uses), vs
+  K merged models, K = 3, on the first 16 questions.
+* (b) HF ``generate`` (greedy, KV cache) of one merged copy, same prompts, same batches of 16 (longest first,
+  left padding).
+* (c) ``reference_generate_ids`` (one prompt at a time, no cache, full prefix recomputed for every token) at
+  K = 3 on 2 questions; (c') a batched no-cache variant (one left-padded batch of 4 questions, full prefix
+  every token). Both only decode 8 new tokens (their cost grows with the prefix, so this favours them); their
+  per-token rates are compared with (a)'s over all questions and 32 tokens.
+* (a'') a prototype, not in src: the K adapters in ONE forward per token (peft mixed-adapter batches).
+
+EOS is disabled everywhere (tokenizer without EOS, ``generation_config.eos_token_id = None``), so every method
+decodes exactly ``new`` tokens per question and tokens/s compare like for like (tokens = questions x new).
+Each measurement runs in a fresh interpreter: one warm-up decode (2 prompts x 2 tokens) after loading, then
+one timed decode. Memory: peak RSS during the timed decode above the RSS after loading (``VmHWM`` reset
+through ``/proc/self/clear_refs``) plus the experts' weights (exact parameter bytes) vs weights + the KV
+caches (analytic: K x layers x 2 x kv_heads x head_dim x fp32 x rows x (longest prompt + new) of the largest
+batch; batches decode one after the other).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
+
+MODEL = "smollm2-135m"
+N_Q, NEW, BATCH = (4, 4, 2) if C.QUICK else (64, 32, 16)
+KS = (1, 2) if C.QUICK else (1, 3, 5)
+K_NAIVE = 2 if C.QUICK else 3
+N_REF = 1 if C.QUICK else 2  # questions for (c), one prompt at a time
+N_NOCACHE = 2 if C.QUICK else 4  # questions for (c')
+NEW_NAIVE = 4 if C.QUICK else 8  # new tokens for (c) and (c'): short prefixes, which favours them
+KS_LORA = (2,) if C.QUICK else (3,)  # shared-base LoRA decoding vs K merged models ...
+N_LORA = 2 if C.QUICK else 16  # ... on the first N_LORA questions (all three variants)
+LORA_STD = 0.005
+
+
+# ------------------------------------------------------------------------------------------- child side
+
+
+class NoEos:
+    """A tokenizer view without EOS: decoders then always produce max_new_tokens tokens."""
+
+    eos_token_id = None
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __call__(self, *a, **kw):
+        return self._tok(*a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def _load_base():
+    from ensemw2s.training import load_causal_lm
+
+    model, tok = load_causal_lm(MODEL)
+    model.generation_config.eos_token_id = None
+    return model, tok
+
+
+def _merged(adapter_dir: str):
+    from peft import PeftModel
+
+    base, tok = _load_base()
+    model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
+    model.generation_config.eos_token_id = None
+    return model, tok
+
+
+def _param_bytes(models) -> int:
+    seen, total = set(), 0
+    for m in models:
+        for p in m.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel() * p.element_size()
+    return total
+
+
+def _kv_bytes(cfg, K: int, lengths: list[int], new: int, batch: int) -> int:
+    """KV caches alive at once: batches decode one after the other, so the largest batch's (the first:
+    longest prompts first) K caches of rows x (longest prompt + new) positions."""
+    order = sorted(lengths, reverse=True)
+    tokens = max(len(order[i:i + batch]) * (order[i] + new) for i in range(0, len(order), batch))
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return K * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 4 * tokens
+
+
+def _hf_generate(model, tok, prompts, new, batch):
+    import torch
+
+    from ensemw2s.training import pad_batch
+
+    enc = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+    out = [None] * len(enc)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch):
+            idx = order[b:b + batch]
+            ids, mask = pad_batch([enc[i] for i in idx], tok.pad_token_id, left=True)
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, use_cache=True)
+            for i, row in zip(idx, gen[:, ids.shape[1]:].tolist()):
+                out[i] = row
+    return out
+
+
+def _nocache_batched(models, weights, tok, prompts, new):
+    """Batched ensemble without a KV cache: the whole left-padded prefix is recomputed for every token."""
+    import torch
+
+    from ensemw2s.ensemble import mixture_next_token_scores
+    from ensemw2s.training import pad_batch
+
+    enc = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    ids, mask = pad_batch(enc, tok.pad_token_id, left=True)
+    with torch.inference_mode():
+        for _ in range(new):
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = [m(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                        logits_to_keep=1).logits[:, -1, :] for m in models]
+            nxt = mixture_next_token_scores(logits, weights).argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=-1)
+            mask = torch.cat([mask, torch.ones_like(nxt)], dim=-1)
+    return ids[:, -new:].tolist()
+
+
+def _mixed_adapter_decode(peft_model, names, weights, tok, prompts, new, batch):
+    """Prototype: the K LoRA experts of one base decoded in ONE forward per token. Each batch is repeated K
+    times, row block k runs with adapter k (peft's mixed-adapter batches, ``adapter_names=``), one KV cache
+    of K x rows; the base weights are read once per token instead of K times."""
+    import torch
+    from transformers import DynamicCache
+
+    from ensemw2s.ensemble import mixture_next_token_scores
+    from ensemw2s.training import pad_batch
+
+    enc = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+    out = [None] * len(enc)
+    K = len(names)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch):
+            idx = order[b:b + batch]
+            ids, mask = pad_batch([enc[i] for i in idx], tok.pad_token_id, left=True)
+            n = ids.shape[0]
+            mask = mask.repeat(K, 1)
+            rows_adapter = [name for name in names for _ in range(n)]
+            cache = DynamicCache()
+            step_ids, pos = ids.repeat(K, 1), (mask.cumsum(-1) - 1).clamp(min=0)
+            gen = []
+            for _ in range(new):
+                logits = peft_model(input_ids=step_ids, attention_mask=mask, position_ids=pos,
+                                    past_key_values=cache, use_cache=True, logits_to_keep=1,
+                                    adapter_names=rows_adapter).logits[:, -1, :]
+                nxt = mixture_next_token_scores(list(logits.view(K, n, -1)), weights).argmax(-1)
+                gen.append(nxt)
+                mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype)], dim=-1)
+                pos = mask.sum(-1, keepdim=True) - 1
+                step_ids = nxt.repeat(K).unsqueeze(-1)
+            for i, row in zip(idx, torch.stack(gen, -1).tolist()):
+                out[i] = row
+    return out
+
+
+def child(spec: dict) -> dict:
+    C.quiet_hf()
+    import torch
+
+    from ensemw2s.ensemble import EnsembleDecoder, reference_generate_ids
+
+    rss0 = C.rss_bytes()
+    mode, K, n, new, batch = spec["mode"], spec["K"], spec["n"], spec["new"], spec["batch"]
+    adapters = spec["adapters"][:K]
+    alphas = [1.0 + 0.25 * k for k in range(K)]  # unequal weights, like boosting's
+    prompts = C.arc_prompts(n)
+    t_load = time.perf_counter()
+    if mode in ("ours_lora", "lora_mixed"):
+        base, tok = _load_base()
+        dec = EnsembleDecoder.from_lora_adapters(base, adapters, alphas, NoEos(tok), batch_size=batch)
+        models = [dec.models[0]]
+    else:
+        loaded = [_merged(a) for a in adapters]
+        models, tok = [m for m, _ in loaded], loaded[0][1]
+        dec = EnsembleDecoder(models, alphas, NoEos(tok), batch_size=batch)
+    load_s = time.perf_counter() - t_load
+    lengths = [len(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+
+    if mode in ("ours", "ours_lora"):
+        def fn(ps, k):
+            return dec.generate_ids(ps, k)
+    elif mode == "hf":
+        def fn(ps, k):
+            return _hf_generate(models[0], tok, ps, k, batch)
+    elif mode == "lora_mixed":
+        from ensemw2s.ensemble import normalise_alphas
+
+        names, w = [e.adapter for e in dec._experts], normalise_alphas(alphas)
+
+        def fn(ps, k):
+            return _mixed_adapter_decode(models[0], names, w, tok, ps, k, batch)
+    elif mode == "ref":
+        def fn(ps, k):
+            return reference_generate_ids(models, alphas, NoEos(tok), ps, k)
+    elif mode == "nocache":
+        from ensemw2s.ensemble import normalise_alphas
+
+        w = normalise_alphas(alphas)
+
+        def fn(ps, k):
+            return _nocache_batched(models, w, tok, ps, k)
+    else:
+        raise ValueError(mode)
+
+    fn(prompts[:2], 2)  # warm-up
+    gc.collect()
+    rss_loaded = C.rss_bytes()
+    can_reset = C.reset_peak_rss()
+    t0 = time.perf_counter()
+    ids = fn(prompts, new)
+    seconds = time.perf_counter() - t0
+    hwm = C.peak_rss_bytes()
+    tokens = sum(len(r) for r in ids)
+    cfg = (models[0].get_base_model() if hasattr(models[0], "get_base_model") else models[0]).config
+    res = {"mode": mode, "K": K, "n": n, "new": new, "batch": batch, "seconds": seconds, "tokens": tokens,
+           "tok_s": tokens / seconds, "load_s": load_s, "prompt_len_mean": sum(lengths) / len(lengths),
+           "prompt_len_max": max(lengths), "rss_start": rss0, "rss_loaded": rss_loaded,
+           "decode_peak_extra": (hwm - rss_loaded) if can_reset else None,
+           "weights_bytes": _param_bytes(models), "kv_bytes": _kv_bytes(cfg, K, lengths, new, batch),
+           "threads": torch.get_num_threads(), "ids": ids}
+    if spec.get("check_against_ours"):
+        ours = dec.generate_ids(prompts, new)
+        res["same_ids_as_ours"] = sum(a == b for a, b in zip(ours, ids)) / len(ids)
+    return res
+
+
+def make_adapters(out: Path, K: int) -> list[str]:
+    """K random LoRA adapters of the base (r=16, all projections, lora_B ~ N(0, LORA_STD))."""
+    C.quiet_hf()
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    dirs = []
+    for k in range(K):
+        base, _ = _load_base()
+        torch.manual_seed(100 + k)
+        model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                "gate_proj", "up_proj", "down_proj"]))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, LORA_STD)
+        d = out / f"adapter_{k}"
+        model.save_pretrained(d)
+        dirs.append(str(d))
+        del model, base
+    return dirs
+
+
+# ------------------------------------------------------------------------------------------ parent side
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))), flush=True)
+        return 0
+
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ensemw2s-bench-decode-") as tmp:
+        print(f"making {max(KS)} random LoRA adapters of {MODEL} ...", flush=True)
+        adapters = make_adapters(Path(tmp), max(KS))
+        base = {"n": N_Q, "new": NEW, "batch": BATCH, "adapters": adapters}
+        runs: dict[str, dict] = {}
+
+        def run(key, **spec):
+            r = C.run_child(Path(__file__), {**base, **spec})
+            runs[key] = r
+            print(f"  {key:14s} {r['tok_s']:8.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s, "
+                  f"load {r['load_s']:.1f} s)", flush=True)
+            return r
+
+        run("hf", mode="hf", K=1)
+        for K in KS:
+            run(f"ours_K{K}", mode="ours", K=K)
+        for K in KS_LORA:
+            run(f"merged16_K{K}", mode="ours", K=K, n=N_LORA)
+            run(f"lora_K{K}", mode="ours_lora", K=K, n=N_LORA)
+            run(f"mixed_K{K}", mode="lora_mixed", K=K, n=N_LORA)
+        run(f"ref_K{K_NAIVE}", mode="ref", K=K_NAIVE, n=N_REF, new=NEW_NAIVE)
+        run(f"nocache_K{K_NAIVE}", mode="nocache", K=K_NAIVE, n=N_NOCACHE, batch=N_NOCACHE, new=NEW_NAIVE)
+
+    def same(a, b):  # share of a's prompts whose ids equal b's (b cut to a's length)
+        ia, ib = runs[a]["ids"], runs[b]["ids"]
+        return sum(x == y[:len(x)] for x, y in zip(ia, ib)) / len(ia)
+
+    for key in (f"ref_K{K_NAIVE}", f"nocache_K{K_NAIVE}"):
+        runs[key]["same_ids_as_ours"] = same(key, f"ours_K{K_NAIVE}")
+    for K in KS_LORA:
+        runs[f"mixed_K{K}"]["same_ids_as_ours"] = same(f"mixed_K{K}", f"lora_K{K}")
+        runs[f"lora_K{K}"]["same_ids_as_merged"] = same(f"lora_K{K}", f"merged16_K{K}")
+    runs["ours_K1"]["same_ids_as_hf"] = same("ours_K1", "hf")
+
+    hf = runs["hf"]["tok_s"]
+    lens = runs["hf"]
+    print(f"\nbench_decode: {MODEL} fp32, {N_Q} ARC-Easy test prompts (mean {lens['prompt_len_mean']:.0f}, max "
+          f"{lens['prompt_len_max']} tokens), {NEW} new tokens, batch {BATCH}, {runs['hf']['threads']} threads; "
+          f"ours K=1 gives HF's token ids for {runs['ours_K1']['same_ids_as_hf']:.0%} of prompts")
+    rows = []
+    verdicts = {}
+    for K in KS:
+        r = runs[f"ours_K{K}"]
+        ratio = r["tok_s"] / (hf / K)
+        ok = ratio >= 0.8
+        verdicts[f"speed_K{K}"] = ok
+        mem = r["weights_bytes"] + (r["decode_peak_extra"] or 0)
+        bound = r["weights_bytes"] + r["kv_bytes"]
+        mem_ok = mem <= 1.25 * bound if r["decode_peak_extra"] is not None else None
+        verdicts[f"memory_K{K}"] = mem_ok
+        rows.append([f"(a) ours K={K} (merged)", r["tok_s"], hf / K, ratio, C.verdict(ok),
+                     mem / 2**20, bound / 2**20, mem / bound, C.verdict(mem_ok)])
+    print(C.table(["decoder", "tok/s", "HF/K", "a/(HF/K)", ">=0.8", "mem MiB", "w+KV MiB", "ratio", "<=1.25"],
+                  rows, title="\n(a) vs (b): tokens/s; memory = weights + measured peak extra during decode"))
+
+    ref, noc = runs[f"ref_K{K_NAIVE}"], runs[f"nocache_K{K_NAIVE}"]
+    ours_n = runs[f"ours_K{K_NAIVE}"]
+    r_ref, r_noc = ours_n["tok_s"] / ref["tok_s"], ours_n["tok_s"] / noc["tok_s"]
+    verdicts["vs_naive_ref"] = r_ref >= 5
+    verdicts["vs_naive_batched"] = r_noc >= 5
+    print(C.table([f"naive decoder (K={K_NAIVE}, {NEW_NAIVE} new tokens)", "questions", "tok/s", "ours tok/s", "ours/naive", ">=5",
+                   "same ids as ours"],
+                  [["(c) reference, 1 prompt, no cache", ref["n"], ref["tok_s"], ours_n["tok_s"], r_ref,
+                    C.verdict(r_ref >= 5), f"{ref['same_ids_as_ours']:.0%}"],
+                   ["(c') batched, no cache", noc["n"], noc["tok_s"], ours_n["tok_s"], r_noc,
+                    C.verdict(r_noc >= 5), f"{noc['same_ids_as_ours']:.0%}"]],
+                  title=f"\n(a) vs (c): per-token rates (ours on all {N_Q} questions)"))
+
+    rows = []
+    for K in KS_LORA:
+        lo, me, mx = runs[f"lora_K{K}"], runs[f"merged16_K{K}"], runs[f"mixed_K{K}"]
+        rows.append([f"K={K}", me["tok_s"], lo["tok_s"], lo["tok_s"] / me["tok_s"], mx["tok_s"],
+                     f"{mx['same_ids_as_ours']:.0%}", me["weights_bytes"] / 2**20,
+                     lo["weights_bytes"] / 2**20, (me["weights_bytes"] - lo["weights_bytes"]) / 2**20,
+                     (me["rss_loaded"] - me["rss_start"]) / 2**20, (lo["rss_loaded"] - lo["rss_start"]) / 2**20])
+    print(C.table(["LoRA experts", "merged tok/s", "shared-base tok/s", "shared/merged",
+                   "1-forward proto tok/s", "proto ids = shared", "merged w MiB",
+                   "shared w MiB", "saved MiB", "merged RSS MiB", "shared RSS MiB"], rows,
+                  title=f"\nfrom_lora_adapters (base once, K unmerged adapters) vs K merged models, first {N_LORA} "
+                        "questions; 'proto' = all K adapters in one forward (not in src)"))
+    total = time.perf_counter() - t_all
+    print(f"load average at the end: {C.loadavg()} (1/5/15 min; {C.machine()['nproc']} CPUs)")
+    print(f"\nbench_decode finished in {total:.0f} s; targets: "
+          + ", ".join(f"{k} {C.verdict(v)}" for k, v in verdicts.items()))
+    for r in runs.values():
+        r.pop("ids", None)
+    path = C.save("bench_decode", {"runs": runs, "verdicts": verdicts, "seconds": total,
+                                   "settings": {"n": N_Q, "new": NEW, "batch": BATCH, "ks": KS}})
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
