@@ -156,7 +156,7 @@ def verdict(ok: bool | None) -> str:
 
 def save(name: str, payload: dict) -> Path:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUT_DIR / f"{name}.json"
+    path = OUT_DIR / f"{name}{'.quick' if QUICK else ''}.json"  # a quick check never overwrites real numbers
     payload = {"machine": machine(), "versions": versions(), "quick": QUICK,
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
