@@ -43,10 +43,11 @@ def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_le
             batch = [rows[i] for i in order[b: b + batch_size]]
             prompts, options, owner = [], [], []
             for qi, r in enumerate(batch):
-                ids, start = encode_pair(tok, format_prompt(r), r["choices"][0], max_length, add_eos=False)
-                prompts.append(ids[:start])
+                prompt = format_prompt(r)
                 for k, choice in enumerate(r["choices"]):
-                    ids_k, start_k = encode_pair(tok, format_prompt(r), choice, max_length, add_eos=False)
+                    ids_k, start_k = encode_pair(tok, prompt, choice, max_length, add_eos=False)
+                    if k == 0:
+                        prompts.append(ids_k[:start_k])
                     options.append(ids_k[start_k:])
                     owner.append((qi, k))
             p_ids, p_mask = pad_batch(prompts, tok.pad_token_id, left=True)

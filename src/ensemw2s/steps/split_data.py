@@ -24,9 +24,10 @@ def build_parser():
     return p
 
 
-def _model_difficulty(rows: list[dict], data: DataConfig, weak: ModelSection, seed: int) -> None:
+def _model_difficulty(rows: list[dict], data: DataConfig, weak: ModelSection, seed: int):
     """Fill ``difficulty`` from the weak base model: zero-shot mean answer-token loss (``model_loss``), or
-    k-fold cross-fitted loss of the weak model fine-tuned on the other folds (``crossfit``)."""
+    k-fold cross-fitted loss of the weak model fine-tuned on the other folds (``crossfit``).
+    Returns the loaded base (model, tokenizer) when it is still the un-fine-tuned one, else None."""
     import tempfile
 
     import numpy as np
@@ -42,7 +43,7 @@ def _model_difficulty(rows: list[dict], data: DataConfig, weak: ModelSection, se
     if data.difficulty == "model_loss":
         model, tok = load_causal_lm(weak.model)
         score(model, tok, rows)
-        return
+        return model, tok
     order = shuffled(rows, seed + 7)
     folds = [order[k:: data.crossfit_folds] for k in range(data.crossfit_folds)]
     _, tok = load_causal_lm(weak.model)
@@ -53,6 +54,7 @@ def _model_difficulty(rows: list[dict], data: DataConfig, weak: ModelSection, se
                       seed=seed + k, out_dir=Path(tmp) / "m", desc=f"crossfit {k + 1}/{data.crossfit_folds}")
             model, tok = load_saved(Path(tmp) / "m")
             score(model, tok, held)
+    return None
 
 
 def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, state_dir: Path,
@@ -73,8 +75,7 @@ def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, st
     assets.resolve_model(weak.model)  # an unknown model name fails here, before the data are loaded
     easy_rows = load_side(data, "easy")
     hard_rows = None if data.easy == data.hard else load_side(data, "hard")
-    if needs_model_difficulty(data):
-        _model_difficulty(easy_rows, data, weak, seed)
+    loaded = _model_difficulty(easy_rows, data, weak, seed) if needs_model_difficulty(data) else None
     splits = split_rows(data, easy_rows, hard_rows, seed)
     splits_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
@@ -85,7 +86,7 @@ def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, st
             "chance": DATASETS[data.hard]["chance"]}
     write_json(splits_dir / "split.json", info)
 
-    model, tok = load_causal_lm(weak.model)
+    model, tok = loaded or load_causal_lm(weak.model)  # the base model is loaded once per step
     enc = encode_rows(tok, splits["easy_train"], weak.train.max_length)
     base = teacher_forced(model, tok, enc, desc="base-model token errors")
     n = sum(e.n_answer for e in enc)
