@@ -59,7 +59,7 @@ chart: venv ## render, lint and validate the Helm chart offline
 	$(PYTEST) -q tests/cluster/test_chart.py
 
 bench: setup ## performance benchmarks (prints ratios against the baselines)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) benchmarks/run_all.py
 
 storage-serve: venv ## start the embedded S3 server (SeaweedFS)
 	$(ENSEMW2S) storage serve

@@ -33,8 +33,6 @@ SIZE_MB = 8 if C.QUICK else 500
 REPS = 1 if C.QUICK else 3
 NOOP_TASKS = 3 if C.QUICK else 8
 RUN_REAL = os.environ.get("ENSEMW2S_BENCH_SKIP_REAL_RUN", "0") != "1" and not C.QUICK
-# also run the tiny pipeline with gc.freeze() at every step's exit (benchmarks/freeze_probe/sitecustomize.py)
-FREEZE_PROBE = os.environ.get("ENSEMW2S_BENCH_FREEZE_PROBE", "0") == "1"
 MB = 1_000_000
 
 
@@ -139,7 +137,7 @@ def s3_bench(tmp: Path) -> dict:
         s3server.stop(home=home)
 
 
-def real_run(tmp: Path, *, freeze_probe: bool = False) -> dict:
+def real_run(tmp: Path) -> dict:
     """The tiny pipeline through cli.run_local (kfp.local + SeaweedFS under tmp)."""
     from ensemw2s import s3server
     from ensemw2s.cli import run_local
@@ -152,9 +150,6 @@ def real_run(tmp: Path, *, freeze_probe: bool = False) -> dict:
     try:
         os.environ.update(S3_ENDPOINT_URL=info.endpoint, AWS_ACCESS_KEY_ID=info.access_key,
                           AWS_SECRET_ACCESS_KEY=info.secret_key, ENSEMW2S_PROGRESS="0")
-        if freeze_probe:
-            os.environ["PYTHONPATH"] = os.pathsep.join(
-                [str(C.ROOT / "benchmarks" / "freeze_probe")] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
         cfg = load_config(str(C.ROOT / "configs" / "tiny.yaml"), [f"storage.bucket=bench-{uuid.uuid4().hex[:8]}"])
         out = run_local(cfg, f"bench-{uuid.uuid4().hex[:6]}", workdir=tmp / "kfp-run")
         return out["summary"]
@@ -204,11 +199,6 @@ def main() -> int:
         if summary:
             print(f"tiny pipeline: {summary['steps']} steps, wall {summary['wall_seconds']} s, steps' work "
                   f"{summary['step_work_seconds']} s", flush=True)
-        with output_to(log):
-            frozen = real_run(tmp, freeze_probe=True) if RUN_REAL and FREEZE_PROBE else None
-        if frozen:
-            print(f"tiny pipeline, gc.freeze() at step exit: {frozen['steps']} steps, wall {frozen['wall_seconds']} s,"
-                  f" steps' work {frozen['step_work_seconds']} s", flush=True)
         s3 = s3_bench(tmp)
     mbs = {k: SIZE_MB / s3[k] for k in ("ours_up", "plain_up", "ours_down", "plain_down")}
 
@@ -223,11 +213,6 @@ def main() -> int:
         rows.append([f"real tiny run, per step ({summary['steps']} steps)", per_step, beyond,
                      C.verdict(beyond <= 0.2)])
         rows.append(["  gaps between steps: median / max", gaps(summary)[0], gaps(summary)[1], ""])
-    if frozen:
-        per_step_f = (frozen["wall_seconds"] - frozen["step_work_seconds"]) / frozen["steps"]
-        rows.append(["same, gc.freeze() at step exit (probe)", per_step_f, per_step_f - s_exec,
-                     C.verdict(per_step_f - s_exec <= 0.2)])
-        rows.append(["  gaps between steps: median / max", gaps(frozen)[0], gaps(frozen)[1], ""])
     print(C.table(["orchestration", "seconds", "beyond start-up", "<= 0.2 s"], rows,
                   title="\nbench_pipeline: per-step orchestration overhead"))
     up, down = mbs["ours_up"] / mbs["plain_up"], mbs["ours_down"] / mbs["plain_down"]
@@ -244,7 +229,6 @@ def main() -> int:
           + ", ".join(f"{k} {C.verdict(v)}" for k, v in verdicts.items()))
     payload = {"startup": {"python": s_py, "step": s_step, "kfp_executor": s_kfp, "executor_step": s_exec},
                "noop": {"tasks": NOOP_TASKS, "wall": wall, "per_task": per_task}, "real_run": summary,
-               "real_run_freeze_probe": frozen,
                "s3": s3, "s3_mb_s": mbs, "verdicts": verdicts, "seconds": total}
     print(f"results: {C.save('bench_pipeline', payload)}")
     return 0

@@ -1,4 +1,4 @@
-"""``ensemw2s`` command line: setup | run | compile | storage | submit | schedule | rerun-step | report.
+"""``ensemw2s`` command line: setup | run | compile | storage | report | bench | submit | schedule | rerun-step.
 
 Every command validates the config first (exit 2 with the key and the allowed values), before any compute.
 """
@@ -124,6 +124,9 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
                "step_work_seconds": round(work, 1),
                "orchestration_overhead_per_step": round((wall - work) / max(1, len(timings)), 2),
                "timings": timings, "report_uri": store.uri(run_id, "report", "report"),
+               # set by `ensemw2s bench science --jobs n`: other runs shared the machine, so step times are longer
+               "parallel_jobs": int(os.environ.get("ENSEMW2S_PARALLEL_JOBS", "1")),
+               "threads": os.environ.get("OMP_NUM_THREADS"),
                "report_dir": str(report_dir)}
     store.put_json(run_id, "run-summary", "summary.json", summary)
     return {"metrics": metrics, "summary": summary}
@@ -161,6 +164,22 @@ def check_models(cfg) -> None:
                 raise ModelError(f"{key}: {exc}") from None
 
 
+def fork(cfg, src_run: str, run_id: str) -> None:
+    """Start ``run_id`` from a copy of ``src_run``'s artifacts (an ablation that changes a later step reuses
+    the earlier ones). A run id that already holds artifacts is resumed as it is, never overwritten."""
+    from ensemw2s import storage
+
+    storage.validate_name("run id", src_run)
+    store = storage.Store.from_config(cfg.storage)
+    store.check()
+    if store.list_steps(run_id):
+        print(f"run {run_id} already has artifacts: resuming it, not copying {src_run} again", flush=True)
+        return
+    copied = store.copy_run(src_run, run_id)
+    print(f"forked {len(copied)} artifacts of run {src_run} into {run_id}; steps whose config and inputs are "
+          "unchanged will be restored, the rest recomputed", flush=True)
+
+
 def cmd_run(args) -> int:
     cfg = _load(args)
     run_id = args.run_id or new_run_id(cfg)
@@ -172,6 +191,8 @@ def cmd_run(args) -> int:
     print(f"ensemw2s run {run_id}: {cfg.boosting.rounds} rounds, experts {cfg.experts.model}, student "
           f"{cfg.student.model}, data {cfg.data.easy} -> {cfg.data.hard}; object store {where['endpoint']}"
           f" ({'embedded SeaweedFS' if where['embedded'] else 'external'})", flush=True)
+    if args.from_run:
+        fork(cfg, args.from_run, run_id)
     try:
         result = run_local(cfg, run_id)
     except RuntimeError as exc:
@@ -234,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run the whole pipeline on this machine (kfp.local + embedded S3)")
     _add_config(s)
     s.add_argument("--run-id", default=None, help="resume this run (steps complete in storage are skipped)")
+    s.add_argument("--from-run", default=None, help="start from a copy of this run's artifacts (ablations: "
+                   "only the steps whose config or inputs changed are recomputed)")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("compile", help="write the KFP IR YAML")
@@ -252,6 +275,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-id", required=True)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("bench", help="science benchmarks: the settings pre-study, seeded runs -> docs/results.md")
+    bsub = s.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("settings", help="weak expert vs gold ceiling per easy->hard setting (pre-study)")
+    _add_config(b)
+    b.add_argument("--settings", default=None, help="comma list (default: all): " + ", ".join(_settings()))
+    b.add_argument("--variant", default="base", help="label of this sizing (e.g. 'student-lr1e-4'); entries "
+                   "are kept per setting and variant")
+    b.add_argument("--redo", action="store_true", help="recompute entries already in the results file")
+    b.set_defaults(fn=cmd_bench_settings)
+    b = bsub.add_parser("science", help="seeds through the real pipeline, then docs/results.md")
+    _add_config(b)
+    b.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1)")
+    b.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores/jobs threads)")
+    b.add_argument("--tag", default=None, help="run-id tag (default: the config file's stem)")
+    b.add_argument("--ablations", default=None, help="YAML of ablations (1 seed each), e.g. "
+                   "configs/science_ablations.yaml")
+    b.add_argument("--no-run", action="store_true", help="only rebuild the page from runs already in storage")
+    b.add_argument("--out", default="docs/results.md")
+    b.set_defaults(fn=cmd_bench_science)
 
     from ensemw2s import cluster
 
@@ -279,6 +322,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", action="store_true", help="keep the local work dir")
     s.set_defaults(fn=cmd_rerun_step)
     return p
+
+
+def _settings() -> list[str]:
+    from ensemw2s.science import SETTINGS
+
+    return list(SETTINGS)
+
+
+def cmd_bench_settings(args) -> int:
+    from ensemw2s import science
+
+    settings = [x.strip() for x in (args.settings or ",".join(_settings())).split(",") if x.strip()]
+    config = args.config or "configs/science.yaml"
+    load_config(config, args.overrides)  # a bad key fails before anything runs
+    book = science.prestudy(config, settings, overrides=args.overrides, variant=args.variant, redo=args.redo)
+    ok = [k for k, e in book["entries"].items() if e["qualifies"]]
+    print("qualifying settings: " + (", ".join(ok) if ok else "none"))
+    return 0
+
+
+def cmd_bench_science(args) -> int:
+    from ensemw2s import results
+
+    config = args.config or "configs/science.yaml"
+    load_config(config, args.overrides)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds: {args.seeds!r} is out of range; it must be >= 1")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: {args.jobs!r} is out of range; it must be >= 1")
+    return results.science(config, args.overrides, seeds=args.seeds, jobs=args.jobs,
+                           tag=args.tag or Path(config).stem, ablations=args.ablations, run=not args.no_run,
+                           out=Path(args.out))
 
 
 def cmd_submit(args) -> int:

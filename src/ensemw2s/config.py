@@ -71,6 +71,8 @@ class TrainConfig:
     scheduler: str = "cosine"
     max_length: int = 256
     max_steps: int = -1
+    # batches of similar length (less padding); the order is still seeded
+    group_by_length: bool = True
 
     SCHEDULERS = ("cosine", "linear", "constant")
 
@@ -172,13 +174,18 @@ class EnsembleConfig:
     batch_size: int = 16
     # how pseudo-labels are written: free generation (default) or choosing the best-scoring option
     pseudo_label_mode: str = "generate"
+    # which rounds form the ensemble that labels and is evaluated: every expert with alpha > 0 ("all"), or
+    # rounds 1..T with T chosen by accuracy on easy_val ("val")
+    select_rounds: str = "all"
 
     COMBINE = ("prob", "vote")
     PSEUDO_MODES = ("generate", "options")
+    SELECT_ROUNDS = ("all", "val")
 
     def validate(self, key: str = "ensemble") -> None:
         _check_choice(f"{key}.combine", self.combine, self.COMBINE)
         _check_choice(f"{key}.pseudo_label_mode", self.pseudo_label_mode, self.PSEUDO_MODES)
+        _check_choice(f"{key}.select_rounds", self.select_rounds, self.SELECT_ROUNDS)
         _check_positive(f"{key}.max_new_tokens", self.max_new_tokens)
         _check_positive(f"{key}.batch_size", self.batch_size)
 

@@ -17,7 +17,7 @@ import numpy as np
 from ensemw2s.data import format_prompt, match_choice
 from ensemw2s.training import Encoded, encode_pair, teacher_forced
 
-MODELS = ("weak_single", "ensemble", "student_single", "student_ensemble", "ceiling")
+MODELS = ("weak_single", "ensemble", "ensemble_uniform", "student_single", "student_ensemble", "ceiling")
 SPLIT_KEYS = {"easy_test": "id", "hard_test": "ood"}
 
 
@@ -147,6 +147,30 @@ def generation_predictions(rows, texts: Sequence[str], model_name: str, split: s
     return preds
 
 
+def select_rounds(val_rows: Sequence[dict], lp_by_round: dict, members: Sequence[dict]) -> tuple[int, list]:
+    """T of the ensemble, chosen on easy_val (never on a test set).
+
+    ``members``: the usable experts ``[{round, alpha}]``; ``lp_by_round[t]``: expert t's option log-probs on
+    ``val_rows``. Each prefix ensemble (members of rounds 1..t) is scored by option log-likelihood; the best
+    t wins, ties going to the smaller t. Returns ``(t, [val accuracy of rounds 1..max, None where empty])``.
+    """
+    accs: list = []
+    best_t, best = None, -1.0
+    for t in range(1, max(lp_by_round) + 1):
+        ms = [m for m in members if m["round"] <= t]
+        if not ms:
+            accs.append(None)
+            continue
+        acc = accuracy(loglik_predictions(val_rows, [lp_by_round[m["round"]] for m in ms],
+                                          [m["alpha"] for m in ms], "val", "easy_val"))
+        accs.append(acc)
+        if acc > best:
+            best, best_t = acc, t
+    if best_t is None:
+        raise ValueError("select_rounds: no usable expert")
+    return best_t, accs
+
+
 def accuracy(preds: Sequence[dict]) -> float:
     if not preds:
         raise ValueError("no predictions to score")
@@ -260,6 +284,7 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     labels = {"weak_single": "weak single expert (round 1)", "ensemble": "EnsemW2S ensemble",
+              "ensemble_uniform": "same experts, uniform weights",
               "student_single": "student ← single", "student_ensemble": "student ← ensemble",
               "ceiling": "strong ceiling (gold)"}
     for model in MODELS:
@@ -271,6 +296,10 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
     lines += ["", f"PGR_single = {_fmt(metrics.get('pgr_single'))}, PGR_ens = {_fmt(metrics.get('pgr_ens'))} "
               "(— when the ceiling is not above the weak model).", ""]
     lines.append("Alphas by round: " + ", ".join(_fmt(a) for a in metrics.get("alphas", [])))
+    if metrics.get("val_acc_by_round"):
+        lines.append("")
+        lines.append(f"Ensemble rounds used: T = {metrics['chosen_rounds']} (chosen on easy_val; val accuracy by "
+                     "round " + ", ".join(_fmt(a) for a in metrics["val_acc_by_round"]) + ")")
     lines.append("")
     lines.append("Ensemble accuracy by round (option log-likelihood), OOD: "
                  + ", ".join(_fmt(a) for a in metrics.get("ensemble_acc_ood_by_round", [])))

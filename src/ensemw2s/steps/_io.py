@@ -9,6 +9,7 @@ locally is fetched from storage (:meth:`StepIO.fetch`), so any step can run from
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ class StepIO:
     """Object-storage side of one step execution (a no-op when ``run_id`` is None)."""
 
     def __init__(self, step: str, *, run_id: Optional[str], storage: Optional[StorageConfig],
-                 config_hash: str, resume: bool = True):
+                 config_hash: str, resume: bool = True, inputs: tuple = ()):
         # a single-step rerun (``ensemw2s rerun-step``) publishes under "<step>.attempt-<n>" and never
         # restores: it reads its inputs from the original run and leaves the original outputs untouched
         attempt = os.environ.get("ENSEMW2S_ATTEMPT")
@@ -54,6 +55,24 @@ class StepIO:
             st.validate_name("step", step)
             self.store = st.Store.from_config(storage or StorageConfig())
             self.store.check()
+            if inputs:
+                # outputs are only reusable when the inputs they were made from are the same: an upstream step
+                # recomputed with another config (a resumed run with a changed section, a forked run) changes
+                # its files' checksums, so this step's key changes and it reruns
+                from ensemw2s.config import config_hash as _hash
+
+                self.config_hash = _hash({"config": config_hash,
+                                          "inputs": [self._input_digest(p, o) for p, o in inputs]})
+
+    def _input_digest(self, producer: str, output: str) -> Optional[str]:
+        from ensemw2s import storage as st
+
+        try:
+            manifest = self.store.get_manifest(self.run_id, producer, output)
+        except st.MissingObjectError:
+            return None  # not in storage (local folders only): can never match a digest recorded from storage
+        return manifest.get("config_hash", "") + ":" + ",".join(
+            f"{f.get('path')}={f.get('sha256')}" for f in sorted(manifest["files"], key=lambda f: str(f.get("path"))))
 
     def _complete_same_config(self, output: str) -> bool:
         if not self.store.is_complete(self.run_id, self.step, output):
@@ -82,6 +101,10 @@ class StepIO:
             self.store.put_json(self.run_id, self.step, "timing.json",
                                 {"start": self.t0, "end": end, "work_seconds": round(end - self.t0, 3),
                                  "restored": restored})
+        # The step's work is done. Move every live object (models, tensors, tokenizers) to the GC's permanent
+        # generation so the interpreter's final collection at exit does not walk them: measured by
+        # benchmarks/bench_pipeline.py, this is most of the per-step orchestration overhead after torch steps.
+        gc.freeze()
 
     def publish(self, outputs: dict[str, Path], extra: Optional[dict] = None) -> None:
         for output, path in outputs.items():
@@ -204,3 +227,31 @@ def open_decoder(members: list[dict], combine: str, batch_size: int):
                                                   combine=combine, batch_size=batch_size)
     loaded = [load_saved(m["path"]) for m in members]
     return EnsembleDecoder([m for m, _ in loaded], alphas, loaded[0][1], combine=combine, batch_size=batch_size)
+
+
+def chosen_members(state: dict, io: StepIO, splits_dir: Path, select: str, batch_size: int,
+                   lp_val: Optional[dict] = None) -> tuple[list[dict], dict]:
+    """The EnsemW2S ensemble under ``ensemble.select_rounds``: ``all`` = every expert with alpha > 0; ``val`` =
+    rounds 1..T with T chosen by option log-likelihood accuracy on easy_val. ``lp_val``: the experts' option
+    log-probs on easy_val by round when the caller has them. Returns ``(members, {chosen_rounds,
+    val_acc_by_round})``."""
+    active = ensemble_members(state, io, "all")
+    if select == "all":
+        return active, {"chosen_rounds": max(m["round"] for m in active), "val_acc_by_round": None}
+    if select != "val":
+        raise ConfigError(f"ensemble.select_rounds: {select!r} is not allowed; allowed values: all, val")
+    from ensemw2s.data import read_jsonl
+    from ensemw2s.evaluation import option_logprobs, select_rounds
+
+    val = read_jsonl(Path(splits_dir) / "easy_val.jsonl")
+    if lp_val is None:
+        from ensemw2s.training import load_saved
+
+        lp_val = {}
+        for m in active:
+            model, tok = load_saved(m["path"])
+            lp_val[m["round"]] = option_logprobs(model, tok, val, batch_size=batch_size)
+            del model
+    t, accs = select_rounds(val, {r: lp_val[r] for r in sorted(lp_val) if r in {m["round"] for m in active}},
+                            active)
+    return [m for m in active if m["round"] <= t], {"chosen_rounds": t, "val_acc_by_round": accs}

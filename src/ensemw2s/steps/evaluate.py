@@ -1,8 +1,10 @@
 """evaluate: accuracy on easy_test (ID) and hard_test (OOD), with per-question predictions.
 
-``--target experts``: the single round-1 expert (``weak_single``), the EnsemW2S ensemble (``ensemble``) and
-every prefix ensemble of rounds 1..t (``ensemble_r{t}``, option log-likelihood only: each expert's token
-log-probs are computed once and mixed). ``--target student-<source>``: one trained student
+``--target experts``: the single round-1 expert (``weak_single``), the EnsemW2S ensemble (``ensemble``: every
+expert with alpha > 0, or rounds 1..T with T chosen on easy_val when ``ensemble.select_rounds`` is ``val``), the
+same experts with equal weights (``ensemble_uniform``) and every prefix ensemble of rounds 1..t
+(``ensemble_r{t}``); option log-likelihood only for the last two: each expert's token log-probs are computed
+once and mixed. ``--target student-<source>``: one trained student
 (``student_single``, ``student_ensemble`` or ``ceiling``). Output ``eval/``: ``predictions.jsonl``
 ``{id, model, split, method, output, chosen, correct}`` and ``eval.json`` (accuracies, timings).
 """
@@ -13,9 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 from ensemw2s.config import EnsembleConfig, EvalConfig, StorageConfig, config_hash, load_config
+from ensemw2s.steps.train_student import step_key as _student_key
 from ensemw2s.steps._io import (
     StepIO,
     base_parser,
+    chosen_members,
     ensemble_members,
     open_decoder,
     read_json,
@@ -60,7 +64,10 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
     key = step_key(target)
     out_dir = Path(out_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
-                config_hash=config_hash({"eval": ev, "combine": ens.combine, "target": target, "rounds": rounds}))
+                config_hash=config_hash({"eval": ev, "combine": ens.combine, "target": target, "rounds": rounds,
+                                         "select_rounds": ens.select_rounds}),
+                inputs=(("split_data", "splits"), (f"update_weights-r{rounds}", "state") if target == "experts"
+                        else (_student_key(target.split("-", 1)[1]), "student")))
     if io.restore({"eval": out_dir}):
         return read_json(out_dir / "eval.json")
     t0 = time.perf_counter()
@@ -77,11 +84,18 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         first = ensemble_members(state, io, "first")[0]
         by_round = {m["round"]: m for m in active}
         by_round.setdefault(1, first)
+        scored = dict(tests)
+        if ens.select_rounds == "val":
+            scored["easy_val"] = read_jsonl(splits_dir / "easy_val.jsonl")
         lp = {}  # round -> split -> {id: per-option token logprobs}
         for rnd, m in sorted(by_round.items()):
             model, tok = load_saved(m["path"])
-            lp[rnd] = {s: option_logprobs(model, tok, rows, batch_size=ev.batch_size) for s, rows in tests.items()}
+            lp[rnd] = {s: option_logprobs(model, tok, rows, batch_size=ev.batch_size) for s, rows in scored.items()}
             del model
+        chosen, selection = chosen_members(
+            state, io, splits_dir, ens.select_rounds, ev.batch_size,
+            lp_val={m["round"]: lp[m["round"]]["easy_val"] for m in active} if "easy_val" in scored else None)
+        info.update(selection)
         for s, rows in tests.items():
             preds += loglik_predictions(rows, [lp[1][s]], [1.0], "weak_single", s)
             for t in range(1, (rounds or max(by_round)) + 1):
@@ -89,10 +103,13 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
                 if members:
                     preds += loglik_predictions(rows, [lp[m["round"]][s] for m in members],
                                                 [m["alpha"] for m in members], f"ensemble_r{t}", s)
-            preds += loglik_predictions(rows, [lp[m["round"]][s] for m in active], [m["alpha"] for m in active],
+            preds += loglik_predictions(rows, [lp[m["round"]][s] for m in chosen], [m["alpha"] for m in chosen],
                                         "ensemble", s)
+            # ablation for free: the same experts averaged with equal weights
+            preds += loglik_predictions(rows, [lp[m["round"]][s] for m in chosen], [1.0] * len(chosen),
+                                        "ensemble_uniform", s)
         if ev.generation:
-            for name, members in (("weak_single", [first]), ("ensemble", active)):
+            for name, members in (("weak_single", [first]), ("ensemble", chosen)):
                 dec = open_decoder(members, ens.combine, ev.batch_size)
                 for s, rows in tests.items():
                     preds += generation_predictions(rows, _generate(dec, rows, ev), name, s)
@@ -108,9 +125,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
 
         source = target.split("-", 1)[1]
         name = STUDENT_NAMES[source]
-        from ensemw2s.steps.train_student import step_key as student_key
-
-        student_dir = io.fetch(student_dir, student_key(source), "student")
+        student_dir = io.fetch(student_dir, _student_key(source), "student")
         model, tok = load_saved(Path(student_dir) / "model")
         for s, rows in tests.items():
             preds += loglik_predictions(rows, [option_logprobs(model, tok, rows, batch_size=ev.batch_size)],

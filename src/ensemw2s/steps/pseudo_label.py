@@ -1,6 +1,7 @@
 """pseudo_label: answers for the hard pool, written by the ensemble, the single expert, or the gold labels.
 
-``--source ensemble``: the alpha-weighted token-level ensemble of all experts with alpha > 0;
+``--source ensemble``: the alpha-weighted token-level ensemble of all experts with alpha > 0 (rounds 1..T with
+T chosen on easy_val when ``ensemble.select_rounds`` is ``val``);
 ``--source single``: the round-1 expert alone (baseline); ``--source gold``: the true answers (ceiling).
 ``ensemble.pseudo_label_mode``: ``generate`` (greedy decoding, default) or ``options`` (the option with the
 best mixture log-likelihood). Output ``labels/``: ``labels.jsonl`` ``{id, question, choices,
@@ -16,6 +17,7 @@ from ensemw2s.config import EnsembleConfig, StorageConfig, config_hash, load_con
 from ensemw2s.steps._io import (
     StepIO,
     base_parser,
+    chosen_members,
     ensemble_members,
     open_decoder,
     read_json,
@@ -52,7 +54,8 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
     labels_dir = Path(labels_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"ensemble": ens if source != "gold" else None, "source": source,
-                                         "rounds": rounds}))
+                                         "rounds": rounds}),
+                inputs=(("split_data", "splits"),) + ((f"update_weights-r{rounds}", "state"),) * (source != "gold"))
     if io.restore({"labels": labels_dir}):
         return read_json(labels_dir / "labels.json")
     splits_dir = io.fetch(splits_dir, "split_data", "splits")
@@ -63,7 +66,10 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
     else:
         state_dir = io.fetch(state_dir, f"update_weights-r{rounds}", "state")
         state = read_json(state_dir / "state.json")
-        members = ensemble_members(state, io, "all" if source == "ensemble" else "first")
+        if source == "ensemble":
+            members, _ = chosen_members(state, io, splits_dir, ens.select_rounds, ens.batch_size)
+        else:
+            members = ensemble_members(state, io, "first")
         producer = f"{source}:rounds={[m['round'] for m in members]}:alphas={[round(m['alpha'], 4) for m in members]}"
         if ens.pseudo_label_mode == "generate":
             dec = open_decoder(members, ens.combine, ens.batch_size)

@@ -35,7 +35,8 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
 
     out_dir = Path(out_dir)
     io = StepIO(STEP, run_id=run_id, storage=storage, resume=resume,
-                config_hash=config_hash({"eval": ev, "seed": seed, "rounds": rounds}))
+                config_hash=config_hash({"eval": ev, "seed": seed, "rounds": rounds}),
+                inputs=tuple((eval_key(t), "eval") for t in TARGETS))
     if io.restore({"report": out_dir}):
         return read_json(out_dir / "metrics.json")
     preds, infos = [], {}
@@ -46,7 +47,8 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
     exp = infos["experts"]
     metrics_extra = {"seed": seed, "rounds": rounds, "primary": ev.primary, "run_id": run_id,
                      "alphas": exp["alphas"], "eps": exp["eps"], "eps_prior": exp["eps_prior"],
-                     "active_rounds": exp["active_rounds"],
+                     "active_rounds": exp["active_rounds"], "chosen_rounds": exp.get("chosen_rounds"),
+                     "val_acc_by_round": exp.get("val_acc_by_round"),
                      "eval_seconds": {t: i["seconds"] for t, i in infos.items()}, **(extra or {})}
     from ensemw2s.assets import model_display_name
 

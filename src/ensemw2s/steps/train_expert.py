@@ -40,11 +40,12 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
 
     expert_dir = Path(expert_dir)
     key = step_key(round_)
+    prev = "split_data" if round_ == 1 else f"update_weights-r{round_ - 1}"
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
-                config_hash=config_hash({"experts": experts, "boosting": boosting_cfg, "round": round_, "seed": seed}))
+                config_hash=config_hash({"experts": experts, "boosting": boosting_cfg, "round": round_, "seed": seed}),
+                inputs=(("split_data", "splits"), (prev, "state")))
     if io.restore({"expert": expert_dir}):
         return read_json(expert_dir / "expert.json")
-    prev = "split_data" if round_ == 1 else f"update_weights-r{round_ - 1}"
     splits_dir = io.fetch(splits_dir, "split_data", "splits")
     state_dir = io.fetch(state_dir, prev, "state")
     state = read_json(state_dir / "state.json")

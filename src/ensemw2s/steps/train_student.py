@@ -37,7 +37,8 @@ def run(student: ModelSection, *, source: str, seed: int, labels_dir: Path, stud
     key = step_key(source)
     student_dir = Path(student_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
-                config_hash=config_hash({"student": student, "source": source, "seed": seed}))
+                config_hash=config_hash({"student": student, "source": source, "seed": seed}),
+                inputs=((labels_key(source), "labels"),))
     if io.restore({"student": student_dir}):
         return read_json(student_dir / "student.json")
     labels_dir = io.fetch(labels_dir, labels_key(source), "labels")

@@ -40,11 +40,12 @@ def run(boosting_cfg: BoostingConfig, *, round_: int, state_dir: Path, expert_di
 
     key = step_key(round_)
     out_state_dir = Path(out_state_dir)
+    prev = "split_data" if round_ == 1 else step_key(round_ - 1)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
-                config_hash=config_hash({"boosting": boosting_cfg, "round": round_}))
+                config_hash=config_hash({"boosting": boosting_cfg, "round": round_}),
+                inputs=((prev, "state"), (expert_key(round_), "expert")))
     if io.restore({"state": out_state_dir}):
         return read_json(out_state_dir / "state.json")
-    prev = "split_data" if round_ == 1 else step_key(round_ - 1)
     state_dir = io.fetch(state_dir, prev, "state")
     expert_dir = io.fetch(expert_dir, expert_key(round_), "expert")
     state = read_json(state_dir / "state.json")

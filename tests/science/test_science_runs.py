@@ -1,0 +1,105 @@
+"""`bench settings` and `bench science` end to end on the tiny models, against the real SeaweedFS server; and the
+two mechanisms they rely on: forking a run (server-side copy) and input checksums in each step's resume key."""
+import json
+import re
+
+import pytest
+from s3_fixtures import unique_bucket
+
+from ensemw2s import storage
+from ensemw2s.config import load_config
+
+pytestmark = pytest.mark.s3
+
+
+def _tree(root, files):
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def test_copy_run_copies_complete_artifacts_and_marks_the_fork(store, tmp_path):
+    store.put_dir(_tree(tmp_path / "a", {"x.txt": b"x", "d/y.bin": b"yy"}), "src", "step1", "out", producer="step1",
+                  config_hash="h1")
+    store.put_dir(_tree(tmp_path / "b", {"z.txt": b"z"}), "src", "step2", "out", producer="step2", config_hash="h2")
+    # an incomplete artifact (files, no manifest) is not copied
+    store.client.put_object(Bucket=store.bucket, Key=store.key("src", "step3", "out", "files", "half.txt"), Body=b"h")
+    copied = store.copy_run("src", "dst")
+    assert sorted(copied) == ["step1/out", "step2/out"]
+    m = store.get_manifest("dst", "step1", "out")
+    assert m["forked_from"] == "src" and m["run_id"] == "dst" and m["config_hash"] == "h1"
+    store.get_dir("dst", "step1", "out", tmp_path / "back")
+    assert (tmp_path / "back" / "d" / "y.bin").read_bytes() == b"yy"
+    assert not store.is_complete("dst", "step3", "out")
+    with pytest.raises(storage.MissingObjectError, match="missing run: nothing stored under s3://"):
+        store.copy_run("no-such-run", "dst2")
+
+
+def test_resume_key_changes_when_an_input_changes(store, tmp_path, monkeypatch):
+    from ensemw2s.config import StorageConfig
+    from ensemw2s.steps._io import StepIO
+
+    cfg = StorageConfig(bucket=store.bucket)
+    store.put_dir(_tree(tmp_path / "u1", {"labels.jsonl": b"v1"}), "r", "up", "labels", producer="up",
+                  config_hash="c")
+    k1 = StepIO("down", run_id="r", storage=cfg, config_hash="same", inputs=(("up", "labels"),)).config_hash
+    k1b = StepIO("down", run_id="r", storage=cfg, config_hash="same", inputs=(("up", "labels"),)).config_hash
+    store.put_dir(_tree(tmp_path / "u2", {"labels.jsonl": b"v2"}), "r", "up", "labels", producer="up",
+                  config_hash="c")
+    k2 = StepIO("down", run_id="r", storage=cfg, config_hash="same", inputs=(("up", "labels"),)).config_hash
+    assert k1 == k1b and k1 != k2
+    missing = StepIO("down", run_id="r", storage=cfg, config_hash="same", inputs=(("nope", "x"),)).config_hash
+    assert missing not in (k1, k2)
+
+
+def test_bench_settings_on_tiny_models(repo_root, tiny_assets, tmp_path):
+    from ensemw2s import science
+
+    out = tmp_path / "prestudy.json"
+    book = science.prestudy(str(repo_root / "configs/tiny.yaml"), ["arc_easy-sciq"], overrides=[],
+                            variant="tiny", out=out, work=tmp_path / "work")
+    e = book["entries"]["arc_easy-sciq|tiny"]
+    n = e["n_ood"]
+    assert n == 12 and e["ids"] and len(e["correct"]["ceiling"]) == n
+    assert set(e["acc"]) == {"weak_zeroshot", "weak_r1", "strong_zeroshot", "ceiling"}
+    assert isinstance(e["qualifies"], bool) and e["chance"] == pytest.approx(0.25)
+    assert e["acc"]["weak_r1"] == pytest.approx(sum(e["correct"]["weak_r1"]) / n)
+    # a second call with the same config keeps the entry instead of recomputing it
+    again = science.prestudy(str(repo_root / "configs/tiny.yaml"), ["arc_easy-sciq"], overrides=[],
+                             variant="tiny", out=out, work=tmp_path / "work")
+    assert again["entries"]["arc_easy-sciq|tiny"]["date"] == e["date"]
+    with pytest.raises(Exception, match="unknown setting"):
+        science.prestudy(str(repo_root / "configs/tiny.yaml"), ["nope"], overrides=[], variant="x", out=out)
+
+
+def test_bench_science_one_seed_and_a_forked_ablation(repo_root, tiny_assets, s3_env, tmp_path):
+    from ensemw2s import results
+
+    bucket = unique_bucket()
+    abl = tmp_path / "abl.yaml"
+    abl.write_text("ablations:\n  - {name: options, overrides: [ensemble.pseudo_label_mode=options]}\n")
+    out = tmp_path / "results.md"
+    ov = [f"storage.bucket={bucket}", "ensemble.select_rounds=val"]
+    rc = results.science(str(repo_root / "configs/tiny.yaml"), ov, seeds=1, jobs=1, tag="t", ablations=str(abl),
+                         run=True, out=out)
+    assert rc == 0
+    page = out.read_text()
+    for section in ("## Pre-study", "## Main results (mean ± std over 1 seeds)", "## Paired differences",
+                    "## The paper's headline claims", "## Ablations", "## Wall time"):
+        assert section in page, section
+    assert re.search(r"\| EnsemW2S ensemble \(T chosen on easy_val\) \| \d\.\d{3} ± 0\.000 \|", page)
+    assert "| options | `ensemble.pseudo_label_mode=options` |" in page and "**missing**" not in page
+    assert (tmp_path / "results" / "ensemble_by_round.png").stat().st_size > 1000
+    summary = json.loads((tmp_path / "results" / "science.json").read_text())
+    main_id = summary["runs"][0]["run_id"]
+    assert summary["runs"][0]["metrics"]["chosen_rounds"] in (1, 2)
+    # the ablation was forked: upstream steps restored, the changed pseudo-labels and what follows recomputed
+    st = storage.Store.from_config(load_config(str(repo_root / "configs/tiny.yaml"), ov).storage)
+    abl_id = [r for r in st.list_runs() if r != main_id][0]
+    timing = {s: st.get_json(abl_id, s, "timing.json") for s in st.list_steps(abl_id) if s != "run-summary"}
+    restored = {s for s, t in timing.items() if t["restored"]}
+    assert {"split_data", "train_expert-r1", "update_weights-r2", "evaluate-experts", "pseudo_label-gold",
+            "train_student-gold"} <= restored
+    assert {"pseudo_label-ensemble", "train_student-ensemble", "evaluate-student-ensemble", "report"}.isdisjoint(
+        restored)
