@@ -110,7 +110,11 @@ class DataConfig:
     hard_pool: int = 100
     hard_test: int = 100
     max_choices: int = 5
+    # prompt form: "mc" = question + lettered options + "Answer:"; "rc" = question + "Answer:" only (each option
+    # scored as a continuation; the form the models' zero-shot numbers in shared/MODELS_AND_DATA.md use)
+    prompt: str = "mc"
 
+    PROMPTS = ("mc", "rc")
     DIFFICULTY = ("native", "model_loss", "crossfit", "grade", "level", "column", "random")
 
     def validate(self, key: str = "data") -> None:
@@ -121,6 +125,7 @@ class DataConfig:
             _check_nonempty(f"{key}.{side}", name)
             _check_choice(f"{key}.{side}", name, tuple(sorted(DATASETS)))
         _check_choice(f"{key}.difficulty", self.difficulty, self.DIFFICULTY)
+        _check_choice(f"{key}.prompt", self.prompt, self.PROMPTS)
         if self.difficulty == "column" and not self.difficulty_column:
             raise ConfigError(f"{key}.difficulty_column: required when {key}.difficulty is 'column'")
         for side, path_key in (("easy", "jsonl_path"), ("hard", "hard_jsonl_path")):

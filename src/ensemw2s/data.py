@@ -110,8 +110,21 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 # --------------------------------------------------------------------------- prompts
 
 
+PROMPTS = ("mc", "rc")
+
+
 def format_prompt(row: dict) -> str:
-    """Question with lettered options, ending in ``Answer:``; the target is `` <option text>``."""
+    """The prompt of a question row; the target is always `` <option text>``.
+
+    ``row["prompt"]`` (set by split_data from ``data.prompt``): ``mc`` (default) = the question with lettered
+    options, ending in ``Answer:``; ``rc`` = the question alone, ``Question: ...\nAnswer:`` (the "ranked
+    classification" form, where each option is scored as a continuation without seeing the others).
+    """
+    style = row.get("prompt", "mc")
+    if style == "rc":
+        return f"Question: {row['question'].strip()}\nAnswer:"
+    if style != "mc":
+        raise DataError(f"row {row.get('id')!r}: prompt {style!r} is not one of {', '.join(PROMPTS)}")
     lines = [f"Question: {row['question'].strip()}"]
     for letter, choice in zip(LETTERS, row["choices"]):
         lines.append(f"{letter}. {choice.strip()}")

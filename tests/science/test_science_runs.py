@@ -78,9 +78,10 @@ def test_bench_science_one_seed_and_a_forked_ablation(repo_root, tiny_assets, s3
 
     bucket = unique_bucket()
     abl = tmp_path / "abl.yaml"
-    abl.write_text("ablations:\n  - {name: options, overrides: [ensemble.pseudo_label_mode=options]}\n")
+    abl.write_text("ablations:\n  - {name: generate, overrides: [ensemble.pseudo_label_mode=generate]}\n")
     out = tmp_path / "results.md"
-    ov = [f"storage.bucket={bucket}", "ensemble.select_rounds=val"]
+    ov = [f"storage.bucket={bucket}", "ensemble.select_rounds=val", "data.prompt=rc",
+          "ensemble.pseudo_label_mode=options"]
     rc = results.science(str(repo_root / "configs/tiny.yaml"), ov, seeds=1, jobs=1, tag="t", ablations=str(abl),
                          run=True, out=out)
     assert rc == 0
@@ -89,11 +90,19 @@ def test_bench_science_one_seed_and_a_forked_ablation(repo_root, tiny_assets, s3
                     "## The paper's headline claims", "## Ablations", "## Wall time"):
         assert section in page, section
     assert re.search(r"\| EnsemW2S ensemble \(T chosen on easy_val\) \| \d\.\d{3} ± 0\.000 \|", page)
-    assert "| options | `ensemble.pseudo_label_mode=options` |" in page and "**missing**" not in page
+    assert "| generate | `ensemble.pseudo_label_mode=generate` |" in page and "**missing**" not in page
     assert (tmp_path / "results" / "ensemble_by_round.png").stat().st_size > 1000
     summary = json.loads((tmp_path / "results" / "science.json").read_text())
     main_id = summary["runs"][0]["run_id"]
     assert summary["runs"][0]["metrics"]["chosen_rounds"] in (1, 2)
+    # the rc prompt form travelled with the rows into the stored splits and pseudo-labels
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        st0 = storage.Store.from_config(load_config(str(repo_root / "configs/tiny.yaml"), ov).storage)
+        st0.get_dir(main_id, "pseudo_label-ensemble", "labels", f"{tmp}/l")
+        labels = [json.loads(x) for x in open(f"{tmp}/l/labels.jsonl")]
+    assert labels and all(r["prompt"] == "rc" and r["chosen"] is not None for r in labels)
     # the ablation was forked: upstream steps restored, the changed pseudo-labels and what follows recomputed
     st = storage.Store.from_config(load_config(str(repo_root / "configs/tiny.yaml"), ov).storage)
     abl_id = [r for r in st.list_runs() if r != main_id][0]

@@ -106,6 +106,17 @@ def test_prompt_and_matching():
     assert data.match_choice("something else", r["choices"]) is None
 
 
+def test_rc_prompt_omits_the_options_and_travels_with_the_row():
+    r = {**_row(4), "prompt": "rc"}
+    assert data.format_prompt(r) == "Question: question number 4?\nAnswer:"
+    with pytest.raises(data.DataError, match="prompt 'xx' is not one of mc, rc"):
+        data.format_prompt({**r, "prompt": "xx"})
+    from ensemw2s.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.prompt: 'letters' is not allowed; allowed values: mc, rc"):
+        _small_cfg(prompt="letters").validate()
+
+
 def test_registry_has_the_required_datasets():
     assert {"arc", "arc_easy", "arc_challenge", "sciq", "mmlu", "jsonl"} <= set(data.DATASETS)
 

@@ -92,6 +92,7 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
     for r, a in zip(rows, answers):
         k = match_choice(a, r["choices"])
         out.append({"id": r["id"], "question": r["question"], "choices": r["choices"], "pseudo_answer": a,
+                    **({"prompt": r["prompt"]} if "prompt" in r else {}),
                     "producer": producer, "chosen": k, "correct": bool(k is not None and k == r["answer_index"])})
     write_jsonl(labels_dir / "labels.jsonl", out)
     stats = {"source": source, "producer": producer, "n": len(out), "mode": ens.pseudo_label_mode,

@@ -77,6 +77,8 @@ def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, st
     hard_rows = None if data.easy == data.hard else load_side(data, "hard")
     loaded = _model_difficulty(easy_rows, data, weak, seed) if needs_model_difficulty(data) else None
     splits = split_rows(data, easy_rows, hard_rows, seed)
+    if data.prompt != "mc":  # the prompt form travels with the rows (every step formats prompts from rows)
+        splits = {k: [{**r, "prompt": data.prompt} for r in v] for k, v in splits.items()}
     splits_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
         write_jsonl(splits_dir / f"{name}.jsonl", rows)
