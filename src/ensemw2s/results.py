@@ -135,19 +135,26 @@ def plot_by_round(runs: list[dict], path: Path) -> None:
 def _prestudy_section(book: dict) -> list[str]:
     if not book.get("entries"):
         return ["No pre-study results yet (`ensemw2s bench settings`)."]
-    out = ["| setting | variant | n OOD | chance | weak zero-shot | weak r1 | strong zero-shot | ceiling (gold) | "
-           "ceiling − weak (SE) | weak − chance (SE) | qualifies | time |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, e in sorted(book["entries"].items()):
-        a, s = e["acc"], e["se"]
-        out.append(f"| {e['description'] or e['setting']} | {e['variant']} | {e['n_ood']} | {e['chance']:.3f} | "
+    out = ["| setting | variant | prompt | weak r1 training | ceiling training | n OOD | chance | weak zero-shot "
+           "| weak r1 | strong zero-shot | ceiling (gold) | ceiling − weak (SE) | weak − chance (SE) | qualifies "
+           "| time |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, e in sorted(book["entries"].items(), key=lambda kv: (kv[1]["setting"], kv[1]["date"])):
+        a, s, c = e["acc"], e["se"], e["config"]
+        sizes = e["sizes"]
+
+        def budget(section, rows):
+            t = c[section]["train"]
+            return f"{rows} rows × {t['epochs']:g} ep, lr {t['lr']:g}"
+
+        out.append(f"| {e['description'] or e['setting']} | {e['variant']} | {c['data'].get('prompt', 'mc')} | "
+                   f"{budget('experts', sizes['easy_train'])} | {budget('student', sizes['hard_pool'])} | "
+                   f"{e['n_ood']} | {e['chance']:.3f} | "
                    f"{a['weak_zeroshot']:.3f} | {a['weak_r1']:.3f} ± {s['weak_r1']:.3f} | "
                    f"{a['strong_zeroshot']:.3f} | {a['ceiling']:.3f} ± {s['ceiling']:.3f} | "
                    f"{e['gap']:+.3f} ({e['gap_in_se']:.1f}) | {e['above_chance']:+.3f} ({e['above_chance_in_se']:.1f}) "
                    f"| {'**yes**' if e['qualifies'] else 'no'} | {e['total_seconds'] / 60:.1f} min |")
-    variants = sorted({(e["variant"], " ".join(e.get("overrides") or []) or "(the config as is)")
-                       for e in book["entries"].values()})
-    out += ["", "Variants: " + "; ".join(f"`{v}` = `{o}`" for v, o in variants) + "."]
+    out += ["", "Every entry: SmolLM2 LoRA r=16 experts, Gemma LoRA r=16 ceiling, one seed; the full config of "
+            "each is in docs/results/prestudy.json."]
     return out
 
 
@@ -290,7 +297,7 @@ def load_ablations(path: Optional[str]) -> list[dict]:
 
 
 def science(config: str, overrides: list[str], *, seeds: int, jobs: int, tag: str, ablations: Optional[str],
-            run: bool, out: Path) -> int:
+            run: bool, out: Path, log_dir: Optional[Path] = None) -> int:
     import shlex
     import sys
 
@@ -305,7 +312,7 @@ def science(config: str, overrides: list[str], *, seeds: int, jobs: int, tag: st
     storage_env(cfg)
     store = storage.Store.from_config(cfg.storage)
     store.check()
-    log_dir = ROOT / "build" / "science"
+    log_dir = Path(log_dir or ROOT / "build" / "science")
     plans = [{"label": f"seed {s}", "overrides": list(overrides) + [f"seed={s}"],
               "run_id": run_id_for(tag, load_config(config, list(overrides) + [f"seed={s}"]))} for s in range(seeds)]
     main0 = plans[0]["run_id"]

@@ -83,7 +83,7 @@ def test_bench_science_one_seed_and_a_forked_ablation(repo_root, tiny_assets, s3
     ov = [f"storage.bucket={bucket}", "ensemble.select_rounds=val", "data.prompt=rc",
           "ensemble.pseudo_label_mode=options"]
     rc = results.science(str(repo_root / "configs/tiny.yaml"), ov, seeds=1, jobs=1, tag="t", ablations=str(abl),
-                         run=True, out=out)
+                         run=True, out=out, log_dir=tmp_path / "logs")
     assert rc == 0
     page = out.read_text()
     for section in ("## Pre-study", "## Main results (mean ± std over 1 seeds)", "## Paired differences",
