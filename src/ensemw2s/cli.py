@@ -52,7 +52,9 @@ def storage_env(cfg, *, start_embedded: bool = True) -> dict:
 
     info = s3server.ensure_running() if start_embedded else s3server.status()
     if info is None:
-        raise RuntimeError("no S3 endpoint configured and the embedded server is not running: "
+        from ensemw2s.storage import StorageError
+
+        raise StorageError("no S3 endpoint configured and the embedded server is not running: "
                            "run `ensemw2s storage serve` or set S3_ENDPOINT_URL")
     os.environ["S3_ENDPOINT_URL"] = info.endpoint
     os.environ["AWS_ACCESS_KEY_ID"] = info.access_key
@@ -133,13 +135,15 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
 
 
 def step_timings(store, run_id: str) -> dict:
+    from ensemw2s.storage import MissingObjectError
+
     out = {}
     for step in store.list_steps(run_id):
         if step == "run-summary":
             continue
         try:
             out[step] = store.get_json(run_id, step, "timing.json")
-        except Exception:  # a step without timing (e.g. an older run) is simply not listed
+        except MissingObjectError:  # a step without timing (e.g. an older run) is simply not listed
             continue
     return dict(sorted(out.items(), key=lambda kv: kv[1].get("start", 0)))
 
@@ -383,18 +387,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        from ensemw2s.assets import AssetError
-        from ensemw2s.storage import StorageError  # and its MissingObjectError / CorruptArtifactError
-        from ensemw2s.training import ModelError
+    except Exception as exc:  # noqa: BLE001 - user-facing errors become one line; anything else is re-raised
+        from ensemw2s.steps._io import user_error_code
 
-        if isinstance(exc, (StorageError, AssetError, ModelError)) or str(exc).startswith("no S3"):
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        raise
+        code = user_error_code(exc)
+        if code is None:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -152,30 +152,36 @@ def base_parser(step: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def user_error_code(exc: BaseException) -> Optional[int]:
+    """Exit code of a user-facing error (the command prints one ``error:`` line), None for a bug (traceback).
+
+    2: the config or command line (ConfigError); 1: data, models, assets, object storage or a stored artifact
+    (DataError, FileNotFoundError, ModelError, AssetError, StorageError and its MissingObjectError /
+    CorruptArtifactError). Shared by ``ensemw2s`` and every ``python -m ensemw2s.steps.<step>``."""
+    from ensemw2s.assets import AssetError
+    from ensemw2s.data import DataError
+    from ensemw2s.storage import StorageError
+    from ensemw2s.training import ModelError
+
+    if isinstance(exc, ConfigError):
+        return 2
+    if isinstance(exc, (DataError, FileNotFoundError, StorageError, AssetError, ModelError)):
+        return 1
+    return None
+
+
 def run_main(fn: Callable[[], object]) -> int:
     """Run a step's work; user errors print one clear line and exit 2 (config) or 1 (other)."""
-    from ensemw2s.data import DataError
-
     logging.basicConfig(level=os.environ.get("ENSEMW2S_LOG", "INFO"), format="%(message)s")
     t0 = time.perf_counter()
     try:
         fn()
-    except ConfigError as exc:
+    except Exception as exc:  # noqa: BLE001 - user-facing errors become one line; anything else is re-raised
+        code = user_error_code(exc)
+        if code is None:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (DataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
-        # StorageError (and its MissingObjectError / CorruptArtifactError), AssetError, ModelError: user-facing
-        from ensemw2s.assets import AssetError
-        from ensemw2s.storage import StorageError
-        from ensemw2s.training import ModelError
-
-        if isinstance(exc, (StorageError, AssetError, ModelError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        raise
+        return code
     print(f"done in {time.perf_counter() - t0:.1f} s", flush=True)
     return 0
 
