@@ -78,7 +78,9 @@ def read_jsonl(path: str | Path, *, validate: bool = True) -> list[dict]:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{p}: not valid UTF-8 (byte {exc.start}): {exc.reason}") from None
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, \x1c.. that JSON strings may hold raw
+    # (MMLU has such rows), which would cut a valid row in two
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

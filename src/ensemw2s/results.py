@@ -29,7 +29,8 @@ ROWS = [("weak_single", "weak single expert (round 1)"), ("ensemble", "EnsemW2S 
         ("student_single", "student ← single expert"), ("student_ensemble", "student ← ensemble")]
 PAIRS = [("ensemble", "weak_single", "ensemble − single expert"),
          ("student_ensemble", "student_single", "student←ensemble − student←single"),
-         ("ensemble", "ensemble_uniform", "alpha weights − uniform weights")]
+         ("ensemble", "ensemble_uniform", "alpha weights − uniform weights"),
+         ("ceiling", "weak_single", "ceiling − single expert (the gap to recover)")]
 PAPER = [  # EnsemW2S (arXiv 2505.21959), headline numbers as stated in its abstract
     ("ensemble vs single weak expert, ID", "+4 %", "ensemble − single expert", "id"),
     ("ensemble vs single weak expert, OOD", "up to +6 %", "ensemble − single expert", "ood"),
@@ -67,8 +68,10 @@ def pooled_paired(runs: list[dict], a: str, b: str, split: str, *, n_boot: int =
     boots /= len(diffs)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     per_seed = [float(d.mean()) for d in diffs]
+    # standard error of the mean over seeds of the per-seed paired means (questions vary, seeds are strata)
+    se = math.sqrt(sum(d.var(ddof=1) / d.size for d in diffs if d.size > 1)) / len(diffs)
     return {"diff": float(np.mean(per_seed)), "ci_low": float(lo), "ci_high": float(hi), "per_seed": per_seed,
-            "n_pairs": int(sum(d.size for d in diffs)), "mcnemar_p": mcnemar_p(xa, xb)}
+            "n_pairs": int(sum(d.size for d in diffs)), "mcnemar_p": mcnemar_p(xa, xb), "se": se}
 
 
 def mean_std(xs: list) -> tuple[Optional[float], Optional[float], int]:
@@ -88,7 +91,8 @@ def _pm(xs: list, digits: int = 3) -> str:
 def _ci(d: Optional[dict]) -> str:
     if not d:
         return "—"
-    return (f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | p = {d['mcnemar_p']:.3f} | "
+    z = f" ({d['diff'] / d['se']:+.1f} SE)" if d.get("se") else ""
+    return (f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]{z} | p = {d['mcnemar_p']:.3f} | "
             + ", ".join(f"{x:+.3f}" for x in d["per_seed"]) + f" | {d['n_pairs']}")
 
 

@@ -106,6 +106,13 @@ def test_prompt_and_matching():
     assert data.match_choice("something else", r["choices"]) is None
 
 
+def test_rows_with_unicode_line_separators_round_trip(tmp_path):
+    rows = [_row(1), {**_row(2), "question": "a\u2028b\x85c\x1cd\u2029e?"}, _row(3)]
+    data.write_jsonl(tmp_path / "r.jsonl", rows)
+    back = data.read_jsonl(tmp_path / "r.jsonl")
+    assert [r["question"] for r in back] == [r["question"] for r in rows]
+
+
 def test_rc_prompt_omits_the_options_and_travels_with_the_row():
     r = {**_row(4), "prompt": "rc"}
     assert data.format_prompt(r) == "Question: question number 4?\nAnswer:"
