@@ -81,6 +81,7 @@ def train_once(model_name: str, kind: str, steps: int, *, group_by_length: bool 
         _WeightedSet,
         apply_lora,
         encode_rows,
+        length_grouping_args,
         load_causal_lm,
     )
 
@@ -121,14 +122,9 @@ def train_once(model_name: str, kind: str, steps: int, *, group_by_length: bool 
         def on_step_end(self, args, state, control, **kw):
             marks["t1"] = time.perf_counter()
 
-    import dataclasses
     import tempfile
 
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    bucketing = {}
-    if group_by_length:  # transformers 5: train_sampling_strategy; 4.x: group_by_length
-        bucketing = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields
-                     else {"group_by_length": True})
+    bucketing = length_grouping_args() if group_by_length else {}
     with tempfile.TemporaryDirectory(prefix="ensemw2s-bench-train-") as tmp:
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=BATCH, learning_rate=cfg.experts.train.lr,

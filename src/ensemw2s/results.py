@@ -142,11 +142,11 @@ def _prestudy_section(book: dict) -> list[str]:
     out = ["| setting | variant | prompt | weak r1 training | ceiling training | n OOD | chance | weak zero-shot "
            "| weak r1 | strong zero-shot | ceiling (gold) | ceiling − weak (SE) | weak − chance (SE) | qualifies "
            "| time |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, e in sorted(book["entries"].items(), key=lambda kv: (kv[1]["setting"], kv[1]["date"])):
+    for e in sorted(book["entries"].values(), key=lambda e: (e["setting"], e["date"])):
         a, s, c = e["acc"], e["se"], e["config"]
         sizes = e["sizes"]
 
-        def budget(section, rows):
+        def budget(section, rows, c=c):
             t = c[section]["train"]
             return f"{rows} rows × {t['epochs']:g} ep, lr {t['lr']:g}"
 

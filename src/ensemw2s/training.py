@@ -329,6 +329,16 @@ def apply_lora(model, lora_cfg):
     return get_peft_model(model, pcfg)
 
 
+def length_grouping_args() -> dict:
+    """TrainingArguments keywords for length-grouped batches (transformers 5: train_sampling_strategy; 4.x:
+    group_by_length)."""
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields else {
+        "group_by_length": True}
+
+
 def train_sft(model_name: str, section, encoded: Sequence[Encoded], *, token_weights: Optional[dict],
               seed: int, out_dir: Path, desc: str = "train") -> dict:
     """Fine-tune a fresh copy of ``model_name`` (LoRA or full, per ``section``) and save it to ``out_dir``.
@@ -351,11 +361,8 @@ def train_sft(model_name: str, section, encoded: Sequence[Encoded], *, token_wei
     tc = section.train
     steps_per_epoch = math.ceil(len(ds) / (tc.batch_size * tc.grad_accum))
     total = tc.max_steps if tc.max_steps > 0 else max(1, math.ceil(steps_per_epoch * tc.epochs))
-    bucketing = {}
-    if tc.group_by_length:  # batches of similar length: less padding (1.15x tokens/s in benchmarks/bench_train.py)
-        fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-        bucketing = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in fields
-                     else {"group_by_length": True})
+    # batches of similar length: less padding (1.03-1.15x tokens/s in benchmarks/bench_train.py)
+    bucketing = length_grouping_args() if tc.group_by_length else {}
     with tempfile.TemporaryDirectory(prefix="ensemw2s-trainer-") as tmp:
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=tc.batch_size, gradient_accumulation_steps=tc.grad_accum,

@@ -235,13 +235,12 @@ def open_decoder(members: list[dict], combine: str, batch_size: int):
     return EnsembleDecoder([m for m, _ in loaded], alphas, loaded[0][1], combine=combine, batch_size=batch_size)
 
 
-def chosen_members(state: dict, io: StepIO, splits_dir: Path, select: str, batch_size: int,
+def chosen_members(active: list[dict], splits_dir: Path, select: str, batch_size: int,
                    lp_val: Optional[dict] = None) -> tuple[list[dict], dict]:
-    """The EnsemW2S ensemble under ``ensemble.select_rounds``: ``all`` = every expert with alpha > 0; ``val`` =
-    rounds 1..T with T chosen by option log-likelihood accuracy on easy_val. ``lp_val``: the experts' option
-    log-probs on easy_val by round when the caller has them. Returns ``(members, {chosen_rounds,
-    val_acc_by_round})``."""
-    active = ensemble_members(state, io, "all")
+    """The EnsemW2S ensemble under ``ensemble.select_rounds``, from ``active`` = ``ensemble_members(state, io,
+    "all")``: ``all`` = every one of them; ``val`` = rounds 1..T with T chosen by option log-likelihood accuracy
+    on easy_val. ``lp_val``: the experts' option log-probs on easy_val by round when the caller has them.
+    Returns ``(members, {chosen_rounds, val_acc_by_round})``."""
     if select == "all":
         return active, {"chosen_rounds": max(m["round"] for m in active), "val_acc_by_round": None}
     if select != "val":
@@ -258,6 +257,5 @@ def chosen_members(state: dict, io: StepIO, splits_dir: Path, select: str, batch
             model, tok = load_saved(m["path"])
             lp_val[m["round"]] = option_logprobs(model, tok, val, batch_size=batch_size)
             del model
-    t, accs = select_rounds(val, {r: lp_val[r] for r in sorted(lp_val) if r in {m["round"] for m in active}},
-                            active)
+    t, accs = select_rounds(val, lp_val, active)
     return [m for m in active if m["round"] <= t], {"chosen_rounds": t, "val_acc_by_round": accs}

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Optional
 
 from ensemw2s.config import EnsembleConfig, EvalConfig, StorageConfig, config_hash, load_config
-from ensemw2s.steps.train_student import step_key as _student_key
 from ensemw2s.steps._io import (
     StepIO,
     base_parser,
@@ -26,6 +25,7 @@ from ensemw2s.steps._io import (
     run_main,
     write_json,
 )
+from ensemw2s.steps.train_student import step_key as _student_key
 
 STEP = "evaluate"
 STUDENT_NAMES = {"single": "student_single", "ensemble": "student_ensemble", "gold": "ceiling"}
@@ -93,7 +93,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
             lp[rnd] = {s: option_logprobs(model, tok, rows, batch_size=ev.batch_size) for s, rows in scored.items()}
             del model
         chosen, selection = chosen_members(
-            state, io, splits_dir, ens.select_rounds, ev.batch_size,
+            active, splits_dir, ens.select_rounds, ev.batch_size,
             lp_val={m["round"]: lp[m["round"]]["easy_val"] for m in active} if "easy_val" in scored else None)
         info.update(selection)
         for s, rows in tests.items():

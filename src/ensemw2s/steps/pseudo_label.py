@@ -67,7 +67,8 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
         state_dir = io.fetch(state_dir, f"update_weights-r{rounds}", "state")
         state = read_json(state_dir / "state.json")
         if source == "ensemble":
-            members, _ = chosen_members(state, io, splits_dir, ens.select_rounds, ens.batch_size)
+            members, _ = chosen_members(ensemble_members(state, io, "all"), splits_dir, ens.select_rounds,
+                                        ens.batch_size)
         else:
             members = ensemble_members(state, io, "first")
         producer = f"{source}:rounds={[m['round'] for m in members]}:alphas={[round(m['alpha'], 4) for m in members]}"
