@@ -12,10 +12,9 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
-if TYPE_CHECKING:
-    from ensemw2s.config import DataConfig
+from ensemw2s.config import DataConfig
 
 SPLITS = ("easy_train", "easy_val", "easy_test", "hard_pool", "hard_test")
 REQUIRED_FIELDS = ("id", "question", "choices", "answer", "answer_index")
@@ -112,7 +111,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 # --------------------------------------------------------------------------- prompts
 
 
-PROMPTS = ("mc", "rc")
+PROMPTS = DataConfig.PROMPTS  # one list of prompt forms, checked in the config and on every row
 
 
 def format_prompt(row: dict) -> str:

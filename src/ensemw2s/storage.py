@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 from urllib.parse import urlparse
 
 from ensemw2s.config import StorageConfig
@@ -157,6 +157,25 @@ def _cause(exc: BaseException) -> str:
     if isinstance(exc, bex.BotoCoreError):
         return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc}"
+
+
+class _HashingSink:
+    """A write-only, non-seekable file that hashes what it writes (see ``Store._download``)."""
+
+    def __init__(self, fh: BinaryIO):
+        self._fh = fh
+        self._h = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self._h.update(data)
+        return self._fh.write(data)
+
+    @staticmethod
+    def seekable() -> bool:
+        return False
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
 
 
 class Store:
@@ -295,13 +314,26 @@ class Store:
         with self._errors("upload", self._uri(key)):
             self.client.upload_file(str(path), self.bucket, key, Config=self.transfer_config)
 
-    def _download(self, key: str, dest: Path) -> None:
+    def _download(self, key: str, dest: Path, *, sha256: bool = False) -> str | None:
+        """Download ``key`` to ``dest``; with ``sha256``, return the hex sha256 of the bytes written.
+
+        The hashing download hands boto3 a write-only, non-seekable file: s3transfer then still fetches the
+        ranged parts concurrently but writes them in order from its IO thread, and the hash is taken there as
+        the bytes go by, overlapping the transfer instead of re-reading the file after it (hashlib releases the
+        GIL). ``benchmarks/bench_pipeline.py`` measures this against a plain ``download_file``.
+        """
         from botocore.exceptions import ClientError
 
         try:
             with self._errors("download", self._uri(key)):
                 try:
-                    self.client.download_file(self.bucket, key, str(dest), Config=self.transfer_config)
+                    if not sha256:
+                        self.client.download_file(self.bucket, key, str(dest), Config=self.transfer_config)
+                        return None
+                    with open(dest, "wb") as fh:
+                        sink = _HashingSink(fh)
+                        self.client.download_fileobj(self.bucket, key, sink, Config=self.transfer_config)
+                    return sink.hexdigest()
                 except ClientError as exc:
                     if _is_not_found(exc):
                         raise FileNotFoundError(key) from None
@@ -542,11 +574,10 @@ class Store:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 key = f"{base}/{FILES}/{rel}"
                 try:
-                    self._download(key, target)
+                    actual = self._download(key, target, sha256=True)
                 except MissingObjectError:
                     raise StorageError(f"incomplete artifact: run {run_id}, step {step}, output {output}: "
                                        f"missing {self._uri(key)} ({self._where()})") from None
-                actual = sha256_file(target)
                 if actual != entry.get("sha256"):
                     raise CorruptArtifactError(f"checksum mismatch for {self._uri(key)}: expected sha256 "
                                        f"{entry.get('sha256')}, got {actual}")

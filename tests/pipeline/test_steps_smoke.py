@@ -38,6 +38,7 @@ def test_steps_in_order(repo_root, tiny_assets, tmp_path):
         assert evaluate.main(cfg + ["--target", f"student-{source}", "--splits", str(d / "splits"),
                                     "--student", str(d / f"student-{source}"), "--out",
                                     str(d / f"eval-student-{source}")]) == 0
+    _check_options_val_labels(cfg, d, rounds)
     gold = [json.loads(x) for x in (d / "labels-gold" / "labels.jsonl").read_text().splitlines()]
     assert all(r["correct"] for r in gold)
     assert evaluate.main(cfg + ["--target", "experts", "--splits", str(d / "splits"), "--state",
@@ -57,3 +58,33 @@ def test_steps_in_order(repo_root, tiny_assets, tmp_path):
     assert {p["model"] for p in preds} >= {"weak_single", "ensemble", "student_single", "student_ensemble",
                                            "ceiling", "ensemble_r1", "ensemble_r2"}
     assert all(set(p) >= {"id", "model", "output", "chosen", "correct"} for p in preds)
+
+
+def _check_options_val_labels(cfg, d, rounds):
+    """Option-scored ensemble labels with T chosen on easy_val (each expert loaded once for both) equal the
+    labels recomputed here the plain way: every expert scored on easy_val, T chosen, then the alpha-mixture."""
+    from ensemw2s.data import read_jsonl
+    from ensemw2s.evaluation import mixture_choice, normalised_weights, option_logprobs, select_rounds
+    from ensemw2s.training import load_saved
+
+    out = d / "labels-ensemble-val"
+    assert pseudo_label.main(cfg + ["--set", "ensemble.pseudo_label_mode=options", "--set",
+                                    "ensemble.select_rounds=val", "--source", "ensemble", "--splits",
+                                    str(d / "splits"), "--state", str(d / f"state{rounds}"), "--labels",
+                                    str(out)]) == 0
+    got = read_jsonl(out / "labels.jsonl", validate=False)
+    state = json.loads((d / f"state{rounds}" / "state.json").read_text())
+    active = [e for e in state["experts"] if not e["skipped"] and e["alpha"] > 0]
+    val, pool = read_jsonl(d / "splits" / "easy_val.jsonl"), read_jsonl(d / "splits" / "hard_pool.jsonl")
+    lp_val, lp_pool = {}, {}
+    for e in active:
+        model, tok = load_saved(d / f"expert{e['round']}" / "model")
+        lp_val[e["round"]] = option_logprobs(model, tok, val, batch_size=4)
+        lp_pool[e["round"]] = option_logprobs(model, tok, pool, batch_size=4)
+    t, _ = select_rounds(val, lp_val, active)
+    chosen = [e for e in active if e["round"] <= t]
+    w = normalised_weights([e["alpha"] for e in chosen])
+    want = [r["choices"][mixture_choice([lp_pool[e["round"]][r["id"]] for e in chosen], w)] for r in pool]
+    assert [g["id"] for g in got] == [r["id"] for r in pool]
+    assert [g["pseudo_answer"] for g in got] == want
+    assert f"rounds={[e['round'] for e in chosen]}" in got[0]["producer"]

@@ -43,6 +43,21 @@ def build_parser():
     return p
 
 
+def _option_logprobs(members: list[dict], splits: dict[str, list[dict]], batch_size: int) -> tuple[dict, dict]:
+    """Each member loaded once and scored on every split given: ``({round: lp on "val"}, {round: lp on "pool"})``
+    (a split not given maps to an empty dict)."""
+    from ensemw2s.evaluation import option_logprobs
+    from ensemw2s.training import load_saved
+
+    out: dict[str, dict] = {"val": {}, "pool": {}}
+    for m in members:
+        model, tok = load_saved(m["path"])
+        for name, split_rows in splits.items():
+            out[name][m["round"]] = option_logprobs(model, tok, split_rows, batch_size=batch_size)
+        del model
+    return out["val"], out["pool"]
+
+
 def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Optional[Path], labels_dir: Path,
         rounds: Optional[int] = None, run_id: Optional[str] = None, storage: Optional[StorageConfig] = None,
         resume: bool = True) -> dict:
@@ -66,27 +81,32 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
     else:
         state_dir = io.fetch(state_dir, f"update_weights-r{rounds}", "state")
         state = read_json(state_dir / "state.json")
+        options = ens.pseudo_label_mode != "generate"
+        lp_pool: dict[int, dict] = {}  # round -> option log-probs on hard_pool (options mode)
+        lp_val: Optional[dict] = None
         if source == "ensemble":
-            members, _ = chosen_members(ensemble_members(state, io, "all"), splits_dir, ens.select_rounds,
-                                        ens.batch_size)
+            active = ensemble_members(state, io, "all")
+            if options and ens.select_rounds == "val":
+                # one load per expert scores both easy_val (to choose T) and hard_pool (the labels)
+                lp_val, lp_pool = _option_logprobs(active, {"val": read_jsonl(splits_dir / "easy_val.jsonl"),
+                                                            "pool": rows}, ens.batch_size)
+            members, _ = chosen_members(active, splits_dir, ens.select_rounds, ens.batch_size, lp_val)
         else:
             members = ensemble_members(state, io, "first")
         producer = f"{source}:rounds={[m['round'] for m in members]}:alphas={[round(m['alpha'], 4) for m in members]}"
-        if ens.pseudo_label_mode == "generate":
+        if not options:
             dec = open_decoder(members, ens.combine, ens.batch_size)
             from ensemw2s.data import format_prompt
 
             answers = [a.split("\n")[0].strip() for a in
                        dec.generate([format_prompt(r) for r in rows], ens.max_new_tokens)]
         else:
-            from ensemw2s.evaluation import mixture_choice, normalised_weights, option_logprobs
-            from ensemw2s.training import load_saved
+            from ensemw2s.evaluation import mixture_choice, normalised_weights
 
-            lps = []
-            for m in members:
-                model, tok = load_saved(m["path"])
-                lps.append(option_logprobs(model, tok, rows, batch_size=ens.batch_size))
-                del model
+            missing = [m for m in members if m["round"] not in lp_pool]
+            if missing:
+                lp_pool.update(_option_logprobs(missing, {"pool": rows}, ens.batch_size)[1])
+            lps = [lp_pool[m["round"]] for m in members]
             w = normalised_weights([m["alpha"] for m in members])
             answers = [r["choices"][mixture_choice([lp[r["id"]] for lp in lps], w)] for r in rows]
     out = []
