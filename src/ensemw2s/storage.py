@@ -159,22 +159,62 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class _HashingSink:
-    """A write-only, non-seekable file that hashes what it writes (see ``Store._download``)."""
+class _HashingFile:
+    """A seekable file for ``download_fileobj`` that hashes the bytes as they land (see ``Store._download``).
+
+    s3transfer writes the ranged parts from its single IO thread, each as ``seek(offset); write(data)``, in
+    whatever order they arrive. Bytes that extend the hashed prefix are hashed at once; bytes written beyond it
+    are remembered by offset and read back (from the page cache) as soon as the prefix reaches them.
+    ``hexdigest`` is the sha256 of the whole file whatever happened: if the prefix did not reach the end (a
+    retried part rewrote bytes out of step), the file is hashed again from the start.
+    """
 
     def __init__(self, fh: BinaryIO):
-        self._fh = fh
+        self._fh = fh  # opened "w+b", unbuffered: os.pread reads back every byte written
+        self._fd = fh.fileno()
+        self._pos = 0
         self._h = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self._h.update(data)
-        return self._fh.write(data)
+        self._done = 0  # bytes [0, _done) are hashed
+        self._pending: dict[int, int] = {}  # start -> end of written bytes beyond the hashed prefix
 
     @staticmethod
     def seekable() -> bool:
-        return False
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = self._fh.seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        start = self._pos
+        while view:  # a raw file may write less than asked
+            n = self._fh.write(view)
+            view = view[n:]
+            self._pos += n
+        end = self._pos
+        if start <= self._done < end:
+            self._h.update(memoryview(data)[self._done - start:])
+            self._done = end
+            while self._done in self._pending:
+                stop = self._pending.pop(self._done)
+                while self._done < stop:
+                    chunk = os.pread(self._fd, min(stop - self._done, 8 * MiB), self._done)
+                    if not chunk:
+                        break
+                    self._h.update(chunk)
+                    self._done += len(chunk)
+        elif start > self._done:
+            self._pending[start] = max(end, self._pending.get(start, end))
+        return end - start
 
     def hexdigest(self) -> str:
+        size = os.fstat(self._fd).st_size
+        if self._done != size or self._pending:
+            return sha256_file(self._fh.name)
         return self._h.hexdigest()
 
 
@@ -217,6 +257,8 @@ class Store:
             multipart_chunksize=max(8 * MiB, min(threshold, 64 * MiB)),
             max_concurrency=4,
         )
+        self.download_config = TransferConfig(multipart_threshold=threshold, multipart_chunksize=8 * MiB,
+                                              max_concurrency=4)
 
     @classmethod
     def from_config(cls, cfg: StorageConfig, *, start_embedded: bool = False) -> Store:
@@ -317,10 +359,11 @@ class Store:
     def _download(self, key: str, dest: Path, *, sha256: bool = False) -> str | None:
         """Download ``key`` to ``dest``; with ``sha256``, return the hex sha256 of the bytes written.
 
-        The hashing download hands boto3 a write-only, non-seekable file: s3transfer then still fetches the
-        ranged parts concurrently but writes them in order from its IO thread, and the hash is taken there as
-        the bytes go by, overlapping the transfer instead of re-reading the file after it (hashlib releases the
-        GIL). ``benchmarks/bench_pipeline.py`` measures this against a plain ``download_file``.
+        The hashing download hashes the bytes as they are written (:class:`_HashingFile`), overlapping the
+        transfer instead of re-reading the file after it (hashlib releases the GIL). It uses smaller parts than
+        uploads so the hashed prefix advances steadily. (s3transfer's own in-order path for non-seekable files
+        hangs on objects of more than 10 parts in s3transfer 0.19.) ``benchmarks/bench_pipeline.py`` measures
+        this against a plain ``download_file``.
         """
         from botocore.exceptions import ClientError
 
@@ -330,10 +373,10 @@ class Store:
                     if not sha256:
                         self.client.download_file(self.bucket, key, str(dest), Config=self.transfer_config)
                         return None
-                    with open(dest, "wb") as fh:
-                        sink = _HashingSink(fh)
-                        self.client.download_fileobj(self.bucket, key, sink, Config=self.transfer_config)
-                    return sink.hexdigest()
+                    with open(dest, "w+b", buffering=0) as fh:
+                        sink = _HashingFile(fh)
+                        self.client.download_fileobj(self.bucket, key, sink, Config=self.download_config)
+                        return sink.hexdigest()
                 except ClientError as exc:
                     if _is_not_found(exc):
                         raise FileNotFoundError(key) from None
