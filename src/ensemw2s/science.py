@@ -255,4 +255,9 @@ def collect_run(store, run_id: str) -> dict:
         metrics = json.loads((Path(tmp) / "report" / "metrics.json").read_text())
         preds = read_jsonl(Path(tmp) / "report" / "predictions.jsonl", validate=False)
     summary = store.get_json(run_id, "run-summary", "summary.json")
+    # the steps' timing records as they are now (a restored step carries the record of the execution that
+    # computed it; the run summary holds the latest invocation's view only)
+    from ensemw2s.cli import step_timings
+
+    summary["timings"] = step_timings(store, run_id)
     return {"run_id": run_id, "metrics": metrics, "predictions": preds, "summary": summary}

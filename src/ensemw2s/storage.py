@@ -579,6 +579,11 @@ class Store:
                     self.client.put_object(Bucket=self.bucket, Key=f"{dst}/{MANIFEST}", Body=body.encode(),
                                            ContentType="application/json")
                 copied.append(f"{step}/{output}")
+            if any(c.startswith(f"{step}/") for c in copied):
+                # the step's timing record goes along, so the fork knows what computing the step took
+                with contextlib.suppress(MissingObjectError):
+                    timing = self.get_json(src_run, step, "timing.json")
+                    self.put_json(dst_run, step, "timing.json", {**timing, "forked_from": src_run})
         return copied
 
     def get_manifest(self, run_id: str, step: str, output: str) -> dict:

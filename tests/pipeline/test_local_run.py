@@ -88,6 +88,9 @@ def test_full_pipeline_and_resume(repo_root, tiny_assets, s3_env, tmp_path, buck
     assert "restored from storage" in res.stdout
     timing = st.get_json("killed", "train_expert-r1", "timing.json")
     assert timing["restored"] is True
+    # the execution that trained the expert (before the kill) keeps its timing under "produced"
+    produced = timing["produced"]
+    assert produced["restored"] is False and produced["end"] < timing["start"] and produced["work_seconds"] > 0
     assert st.get_json("killed", "train_expert-r2", "timing.json")["restored"] is False
     resumed = _metrics(st, "killed", tmp_path / "m2")
     for k in METRIC_KEYS:

@@ -112,3 +112,8 @@ def test_bench_science_one_seed_and_a_forked_ablation(repo_root, tiny_assets, s3
             "train_student-gold"} <= restored
     assert {"pseudo_label-ensemble", "train_student-ensemble", "evaluate-student-ensemble", "report"}.isdisjoint(
         restored)
+    # a forked step keeps the timing of the source run's execution that computed it
+    src_timing = st.get_json(main_id, "train_expert-r1", "timing.json")
+    want = src_timing["produced"] if src_timing["restored"] else src_timing
+    got = timing["train_expert-r1"]["produced"]
+    assert {k: got[k] for k in want} == want and got["forked_from"] == main_id and got["work_seconds"] > 0

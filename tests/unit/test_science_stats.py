@@ -68,3 +68,13 @@ def test_ablations_file_errors_name_the_allowed_keys(tmp_path):
         load_ablations(str(f))
     f.write_text("ablations:\n  - {name: samme, overrides: [boosting.alpha_rule=samme]}\n")
     assert load_ablations(str(f)) == [{"name": "samme", "overrides": ["boosting.alpha_rule=samme"]}]
+
+
+def test_wall_time_comes_from_the_execution_that_computed_the_step():
+    from ensemw2s.results import produced_seconds
+
+    assert produced_seconds({"work_seconds": 12.5, "restored": False}) == 12.5
+    assert produced_seconds({"work_seconds": 0.2, "restored": True,
+                             "produced": {"work_seconds": 300.0, "restored": False}}) == 300.0
+    assert produced_seconds({"work_seconds": 0.2, "restored": True, "produced": None}) is None
+    assert produced_seconds({"work_seconds": 0.2, "restored": True}) is None

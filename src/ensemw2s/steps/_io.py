@@ -98,13 +98,24 @@ class StepIO:
         """Record how long the step's own work took (the run summary subtracts it from the runner's time)."""
         if self.store is not None:
             end = time.time()
-            self.store.put_json(self.run_id, self.step, "timing.json",
-                                {"start": self.t0, "end": end, "work_seconds": round(end - self.t0, 3),
-                                 "restored": restored})
+            record = {"start": self.t0, "end": end, "work_seconds": round(end - self.t0, 3), "restored": restored}
+            if restored:  # keep the record of the execution that produced the outputs (this one only restored)
+                record["produced"] = self._produced_timing()
+            self.store.put_json(self.run_id, self.step, "timing.json", record)
         # The step's work is done. Move every live object (models, tensors, tokenizers) to the GC's permanent
         # generation so the interpreter's final collection at exit does not walk them: measured by
         # benchmarks/bench_pipeline.py, this is most of the per-step orchestration overhead after torch steps.
         gc.freeze()
+
+    def _produced_timing(self) -> Optional[dict]:
+        """The timing record of the execution that computed this step's outputs (None when none was kept)."""
+        from ensemw2s.storage import MissingObjectError
+
+        try:
+            old = self.store.get_json(self.run_id, self.step, "timing.json")
+        except MissingObjectError:
+            return None
+        return old.get("produced") if old.get("restored") else old
 
     def publish(self, outputs: dict[str, Path], extra: Optional[dict] = None) -> None:
         for output, path in outputs.items():
