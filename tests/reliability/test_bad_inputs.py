@@ -526,7 +526,7 @@ CASES: list[Case] = [
          train_expert_with(lambda c: str(mixed_tokenizer_model(c)), lambda c: "tiny-weak"),
          2, ("train_expert-r1", "experts.model is", "the state was made for 'tiny-weak'")),
     # ---------------------------------------------------------------- object storage
-    Case("artifact-checksum-mismatch", "an artifact file whose sha256 differs from its manifest",
+    Case("artifact-checksum-mismatch", "an artifact file whose checksum differs from its manifest",
          api(corrupt_artifact), None,
          ("checksum mismatch", "s3://", "/runs/run-c/train_expert-r1/expert/files/sub/b.bin"),
          exc="CorruptArtifactError", s3=True),

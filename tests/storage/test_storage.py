@@ -9,6 +9,7 @@ import stat
 import time
 from pathlib import Path
 
+import google_crc32c
 import pytest
 
 from ensemw2s import s3server, storage
@@ -81,6 +82,7 @@ def test_put_dir_get_dir_round_trip(store, tmp_path):
     for rel, data in content.items():
         assert by_path[rel]["size"] == len(data)
         assert by_path[rel]["sha256"] == sha256_file(src / rel)
+        assert by_path[rel]["crc32c"] == f"{google_crc32c.value(data):08x}"
     assert store.is_complete("run1", "split_data", "data")
 
     dest = tmp_path / "out" / "data"
@@ -125,8 +127,8 @@ def test_large_file_goes_multipart(store, tmp_path):
     etag = head["ETag"].strip('"')
     assert "-" in etag and int(etag.rsplit("-", 1)[1]) >= 2, etag
     dest = tmp_path / "dl"
-    # more ranged parts than s3transfer's 10-part window (its non-seekable download path hangs there)
-    assert big.stat().st_size > 10 * store.download_config.multipart_chunksize
+    # a ranged (multipart) download: parts land out of order in the hashing file
+    assert big.stat().st_size > store.transfer_config.multipart_chunksize
     store.get_dir("r", "train_student", "model", dest)
     assert sha256_file(dest / "model.safetensors") == sha256_file(big)
 
@@ -156,7 +158,7 @@ def test_hashing_file_matches_sha256_of_the_result(tmp_path, order):
             assert f.write(chunk) == len(chunk)
         digest = f.hexdigest()
         if order != "shuffled-with-rewrites":  # hashed as written, no second pass over the file
-            assert f._done == len(data) and not f._pending
+            assert f._done == len(data) and not f._ranges
     assert path.read_bytes() == data
     assert digest == hashlib.sha256(data).hexdigest()
 
@@ -196,6 +198,32 @@ def test_is_complete_false_when_a_file_is_missing(store, tmp_path):
         store.get_dir("r", "s", "o", tmp_path / "dl")
 
 
+def test_older_manifest_without_crc32c_is_verified_by_sha256(store, tmp_path):
+    src = tmp_path / "src"
+    _make_tree(src)
+    manifest = store.put_dir(src, "r", "s", "o", producer="t", config_hash="h")
+    old = {**manifest, "files": [{k: v for k, v in f.items() if k != "crc32c"} for f in manifest["files"]]}
+    mkey = store.key("r", "s", "o", "manifest.json")
+    store.client.put_object(Bucket=store.bucket, Key=mkey, Body=json.dumps(old).encode())
+    store.get_dir("r", "s", "o", tmp_path / "ok")
+    assert _read_tree(tmp_path / "ok") == _read_tree(src)
+    key = store.key("r", "s", "o", "files/a.txt")
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=b"ALPHA\n")  # same size, other bytes
+    with pytest.raises(CorruptArtifactError, match=f"expected sha256 {sha256_file(src / 'a.txt')}, got "
+                       f"{hashlib.sha256(b'ALPHA' + bytes([10])).hexdigest()}"):
+        store.get_dir("r", "s", "o", tmp_path / "bad")
+
+
+def test_truncated_object_is_a_size_mismatch(store, tmp_path):
+    src = tmp_path / "src"
+    _make_tree(src)
+    store.put_dir(src, "r", "s", "o", producer="t", config_hash="h")
+    key = store.key("r", "s", "o", "files/a.txt")
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=b"alp")
+    with pytest.raises(CorruptArtifactError, match=r"size mismatch for s3://.*/files/a.txt: expected 6 bytes, got 3"):
+        store.get_dir("r", "s", "o", tmp_path / "bad")
+
+
 def test_corrupted_object_is_detected(store, tmp_path):
     src = tmp_path / "src"
     _make_tree(src)
@@ -209,8 +237,8 @@ def test_corrupted_object_is_detected(store, tmp_path):
         store.get_dir("r", "s", "o", dest)
     msg = str(err.value)
     assert f"s3://{store.bucket}/{key}" in msg
-    assert sha256_file(src / "a.txt") in msg
-    assert __import__("hashlib").sha256(b"ALPHA\n").hexdigest() in msg
+    want = f"{google_crc32c.value((src / 'a.txt').read_bytes()):08x}"
+    assert f"expected crc32c {want}, got {google_crc32c.value(b'ALPHA' + bytes([10])):08x}" in msg
     # the failed download left the previous directory untouched and no temp dir behind
     assert _read_tree(dest) == {"keep.txt": b"previous download"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dl", "src"]
