@@ -114,6 +114,9 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
 
     # the full config of the run, so any step can be rerun later from object storage alone
     store.put_json(run_id, "run-summary", "config.json", to_dict(cfg))
+    from ensemw2s.steps._io import code_commit
+
+    os.environ["ENSEMW2S_COMMIT"] = commit = code_commit()  # every step records it with its timing
     t0 = time.perf_counter()
     pipeline(run_id=run_id)
     wall = time.perf_counter() - t0
@@ -122,7 +125,7 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
     metrics = json.loads((report_dir / "metrics.json").read_text())
     timings = step_timings(store, run_id)
     work = sum(t["work_seconds"] for t in timings.values())
-    summary = {"run_id": run_id, "wall_seconds": round(wall, 1), "steps": len(timings),
+    summary = {"run_id": run_id, "commit": commit, "wall_seconds": round(wall, 1), "steps": len(timings),
                "step_work_seconds": round(work, 1),
                "orchestration_overhead_per_step": round((wall - work) / max(1, len(timings)), 2),
                "timings": timings, "report_uri": store.uri(run_id, "report", "report"),

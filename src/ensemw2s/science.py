@@ -181,11 +181,9 @@ def _record(path: Path, key: str, entry: dict) -> dict:
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()
-    except OSError:
-        return ""
+    from ensemw2s.steps._io import code_commit
+
+    return code_commit()
 
 
 # --------------------------------------------------------------------------- main runs

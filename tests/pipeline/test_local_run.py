@@ -91,7 +91,11 @@ def test_full_pipeline_and_resume(repo_root, tiny_assets, s3_env, tmp_path, buck
     # the execution that trained the expert (before the kill) keeps its timing under "produced"
     produced = timing["produced"]
     assert produced["restored"] is False and produced["end"] < timing["start"] and produced["work_seconds"] > 0
-    assert st.get_json("killed", "train_expert-r2", "timing.json")["restored"] is False
+    recomputed = st.get_json("killed", "train_expert-r2", "timing.json")
+    assert recomputed["restored"] is False
+    # each step records the source commit `ensemw2s run` handed it, the one in the run summary
+    assert "commit" in recomputed and recomputed["commit"] == st.get_json("killed", "run-summary",
+                                                                          "summary.json")["commit"]
     resumed = _metrics(st, "killed", tmp_path / "m2")
     for k in METRIC_KEYS:
         if k == "run_id":

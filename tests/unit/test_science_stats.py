@@ -78,3 +78,14 @@ def test_wall_time_comes_from_the_execution_that_computed_the_step():
                              "produced": {"work_seconds": 300.0, "restored": False}}) == 300.0
     assert produced_seconds({"work_seconds": 0.2, "restored": True, "produced": None}) is None
     assert produced_seconds({"work_seconds": 0.2, "restored": True}) is None
+
+
+def test_run_commits_counts_the_producing_executions():
+    from ensemw2s.results import run_commits
+
+    runs = [{"summary": {"timings": {
+        "a": {"restored": False, "commit": "abc1234"},
+        "b": {"restored": True, "commit": "def5678", "produced": {"restored": False, "commit": "abc1234"}},
+        "c": {"restored": True, "produced": {"restored": False}},
+    }}}]
+    assert run_commits(runs) == "`abc1234` (2 steps), not recorded (1 steps, run before steps recorded their commit)"

@@ -98,7 +98,8 @@ class StepIO:
         """Record how long the step's own work took (the run summary subtracts it from the runner's time)."""
         if self.store is not None:
             end = time.time()
-            record = {"start": self.t0, "end": end, "work_seconds": round(end - self.t0, 3), "restored": restored}
+            record = {"start": self.t0, "end": end, "work_seconds": round(end - self.t0, 3), "restored": restored,
+                      "commit": code_commit()}
             if restored:  # keep the record of the execution that produced the outputs (this one only restored)
                 record["produced"] = self._produced_timing()
             self.store.put_json(self.run_id, self.step, "timing.json", record)
@@ -244,6 +245,27 @@ def open_decoder(members: list[dict], combine: str, batch_size: int):
                                                   combine=combine, batch_size=batch_size)
     loaded = [load_saved(m["path"]) for m in members]
     return EnsembleDecoder([m for m, _ in loaded], alphas, loaded[0][1], combine=combine, batch_size=batch_size)
+
+
+def code_commit() -> str:
+    """The source commit this code runs from: ``$ENSEMW2S_COMMIT`` (set by ``ensemw2s run`` for its steps, or by
+    an image build), else ``git rev-parse`` of the checkout with ``+dirty`` for uncommitted changes to tracked
+    files; "" when neither is known (an installed package without the variable)."""
+    if os.environ.get("ENSEMW2S_COMMIT"):
+        return os.environ["ENSEMW2S_COMMIT"]
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=False, timeout=10)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=False, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def chosen_members(active: list[dict], splits_dir: Path, select: str, batch_size: int,
