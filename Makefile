@@ -50,8 +50,8 @@ compile: venv ## write pipeline.yaml (KFP IR, with the cluster plumbing)
 
 image: ## build and push the CPU and CUDA images (needs a Docker engine)
 	@if ! docker info >/dev/null 2>&1; then echo "make image: no Docker engine is reachable here (docker info failed); build on a machine with one" >&2; exit 1; fi
-	docker build -f docker/Dockerfile.cpu -t $(IMAGE):$(TAG)-cpu .
-	docker build -f docker/Dockerfile.cuda -t $(IMAGE):$(TAG)-cuda .
+	docker build -f docker/Dockerfile.cpu --build-arg REVISION=$$(git rev-parse --short HEAD) -t $(IMAGE):$(TAG)-cpu .
+	docker build -f docker/Dockerfile.cuda --build-arg REVISION=$$(git rev-parse --short HEAD) -t $(IMAGE):$(TAG)-cuda .
 	docker push $(IMAGE):$(TAG)-cpu
 	docker push $(IMAGE):$(TAG)-cuda
 
