@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from ensemw2s.config import ConfigError, config_hash, load_config, to_dict
+from ensemw2s.steps._io import code_commit
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "docs" / "results"
@@ -155,7 +156,7 @@ def prestudy(base_config: str, settings: list[str], *, overrides: list[str], var
         print(f"{key}: {SETTINGS[s][0]}", flush=True)
         res = prestudy_one(s, cfg, work)
         res.update(variant=variant, overrides=list(overrides), config_hash=h, config=to_dict(cfg),
-                   commit=_commit(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                   commit=code_commit(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         book = _record(out, key, res)  # after each setting: an interrupted pre-study keeps what it finished
         a, se_ = res["acc"], res["se"]
         print(f"{key}: weak r1 {a['weak_r1']:.3f}±{se_['weak_r1']:.3f}, ceiling {a['ceiling']:.3f}±"
@@ -178,12 +179,6 @@ def _record(path: Path, key: str, entry: dict) -> dict:
         tmp.write_text(json.dumps(book, indent=1, sort_keys=True) + "\n")
         tmp.replace(path)
     return book
-
-
-def _commit() -> str:
-    from ensemw2s.steps._io import code_commit
-
-    return code_commit()
 
 
 # --------------------------------------------------------------------------- main runs

@@ -78,8 +78,6 @@ def _validate_relpath(kind: str, value: str) -> str:
 class _Crc32c:
     """CRC32C (Castagnoli) with hashlib's ``update``/``hexdigest`` interface (google-crc32c, C/SSE4.2)."""
 
-    name = "crc32c"
-
     def __init__(self):
         import google_crc32c
 
@@ -625,6 +623,7 @@ class Store:
         for step in self.list_steps(src_run):
             if step in skip:
                 continue
+            step_copied = False
             for output in self.list_outputs(src_run, step):
                 if not self.is_complete(src_run, step, output):
                     continue
@@ -640,7 +639,8 @@ class Store:
                     self.client.put_object(Bucket=self.bucket, Key=f"{dst}/{MANIFEST}", Body=body.encode(),
                                            ContentType="application/json")
                 copied.append(f"{step}/{output}")
-            if any(c.startswith(f"{step}/") for c in copied):
+                step_copied = True
+            if step_copied:
                 # the step's timing record goes along, so the fork knows what computing the step took
                 with contextlib.suppress(MissingObjectError):
                     timing = self.get_json(src_run, step, "timing.json")

@@ -198,16 +198,21 @@ def test_is_complete_false_when_a_file_is_missing(store, tmp_path):
         store.get_dir("r", "s", "o", tmp_path / "dl")
 
 
-def test_older_manifest_without_crc32c_is_verified_by_sha256(store, tmp_path):
+def _stored_tree(store, tmp_path) -> tuple[Path, dict, str]:
+    """A small tree stored as artifact r/s/o: (source dir, manifest, key of its files/a.txt)."""
     src = tmp_path / "src"
     _make_tree(src)
     manifest = store.put_dir(src, "r", "s", "o", producer="t", config_hash="h")
+    return src, manifest, store.key("r", "s", "o", "files/a.txt")
+
+
+def test_older_manifest_without_crc32c_is_verified_by_sha256(store, tmp_path):
+    src, manifest, key = _stored_tree(store, tmp_path)
     old = {**manifest, "files": [{k: v for k, v in f.items() if k != "crc32c"} for f in manifest["files"]]}
     mkey = store.key("r", "s", "o", "manifest.json")
     store.client.put_object(Bucket=store.bucket, Key=mkey, Body=json.dumps(old).encode())
     store.get_dir("r", "s", "o", tmp_path / "ok")
     assert _read_tree(tmp_path / "ok") == _read_tree(src)
-    key = store.key("r", "s", "o", "files/a.txt")
     store.client.put_object(Bucket=store.bucket, Key=key, Body=b"ALPHA\n")  # same size, other bytes
     with pytest.raises(CorruptArtifactError, match=f"expected sha256 {sha256_file(src / 'a.txt')}, got "
                        f"{hashlib.sha256(b'ALPHA' + bytes([10])).hexdigest()}"):
@@ -215,20 +220,14 @@ def test_older_manifest_without_crc32c_is_verified_by_sha256(store, tmp_path):
 
 
 def test_truncated_object_is_a_size_mismatch(store, tmp_path):
-    src = tmp_path / "src"
-    _make_tree(src)
-    store.put_dir(src, "r", "s", "o", producer="t", config_hash="h")
-    key = store.key("r", "s", "o", "files/a.txt")
+    _, _, key = _stored_tree(store, tmp_path)
     store.client.put_object(Bucket=store.bucket, Key=key, Body=b"alp")
     with pytest.raises(CorruptArtifactError, match=r"size mismatch for s3://.*/files/a.txt: expected 6 bytes, got 3"):
         store.get_dir("r", "s", "o", tmp_path / "bad")
 
 
 def test_corrupted_object_is_detected(store, tmp_path):
-    src = tmp_path / "src"
-    _make_tree(src)
-    store.put_dir(src, "r", "s", "o", producer="t", config_hash="h")
-    key = store.key("r", "s", "o", "files/a.txt")
+    src, _, key = _stored_tree(store, tmp_path)
     store.client.put_object(Bucket=store.bucket, Key=key, Body=b"ALPHA\n")  # same size, other bytes
     dest = tmp_path / "dl"
     dest.mkdir()

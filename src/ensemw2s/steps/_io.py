@@ -113,10 +113,9 @@ class StepIO:
         from ensemw2s.storage import MissingObjectError
 
         try:
-            old = self.store.get_json(self.run_id, self.step, "timing.json")
+            return produced_record(self.store.get_json(self.run_id, self.step, "timing.json"))
         except MissingObjectError:
             return None
-        return old.get("produced") if old.get("restored") else old
 
     def publish(self, outputs: dict[str, Path], extra: Optional[dict] = None) -> None:
         for output, path in outputs.items():
@@ -247,6 +246,28 @@ def open_decoder(members: list[dict], combine: str, batch_size: int):
     return EnsembleDecoder([m for m, _ in loaded], alphas, loaded[0][1], combine=combine, batch_size=batch_size)
 
 
+def option_logprobs_by_round(members: list[dict], splits: dict[str, list[dict]],
+                             batch_size: int) -> dict[int, dict[str, dict]]:
+    """Each member loaded once and scored on every split given: ``{round: {split: {id: per-option token
+    log-probs}}}``."""
+    from ensemw2s.evaluation import option_logprobs
+    from ensemw2s.training import load_saved
+
+    out = {}
+    for m in members:
+        model, tok = load_saved(m["path"])
+        out[m["round"]] = {name: option_logprobs(model, tok, rows, batch_size=batch_size)
+                           for name, rows in splits.items()}
+        del model
+    return out
+
+
+def produced_record(timing: dict) -> Optional[dict]:
+    """From a step's timing.json record, the record of the execution that computed its outputs: the record
+    itself, or for a restored step the one it kept under ``produced`` (None when none was kept)."""
+    return timing.get("produced") if timing.get("restored") else timing
+
+
 def code_commit() -> str:
     """The source commit this code runs from: ``$ENSEMW2S_COMMIT`` (set by ``ensemw2s run`` for its steps, or by
     an image build), else ``git rev-parse`` of the checkout with ``+dirty`` for uncommitted changes to tracked
@@ -279,16 +300,11 @@ def chosen_members(active: list[dict], splits_dir: Path, select: str, batch_size
     if select != "val":
         raise ConfigError(f"ensemble.select_rounds: {select!r} is not allowed; allowed values: all, val")
     from ensemw2s.data import read_jsonl
-    from ensemw2s.evaluation import option_logprobs, select_rounds
+    from ensemw2s.evaluation import select_rounds
 
     val = read_jsonl(Path(splits_dir) / "easy_val.jsonl")
     if lp_val is None:
-        from ensemw2s.training import load_saved
-
-        lp_val = {}
-        for m in active:
-            model, tok = load_saved(m["path"])
-            lp_val[m["round"]] = option_logprobs(model, tok, val, batch_size=batch_size)
-            del model
+        lp_val = {r: lp["easy_val"] for r, lp in option_logprobs_by_round(active, {"easy_val": val},
+                                                                          batch_size).items()}
     t, accs = select_rounds(val, lp_val, active)
     return [m for m in active if m["round"] <= t], {"chosen_rounds": t, "val_acc_by_round": accs}

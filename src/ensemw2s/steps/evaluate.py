@@ -21,6 +21,7 @@ from ensemw2s.steps._io import (
     chosen_members,
     ensemble_members,
     open_decoder,
+    option_logprobs_by_round,
     read_json,
     run_main,
     write_json,
@@ -76,8 +77,6 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
     preds: list[dict] = []
     info: dict = {"target": target}
     if target == "experts":
-        from ensemw2s.training import load_saved
-
         state_dir = io.fetch(state_dir, f"update_weights-r{rounds}", "state")
         state = read_json(state_dir / "state.json")
         active = ensemble_members(state, io, "all")
@@ -87,11 +86,8 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         scored = dict(tests)
         if ens.select_rounds == "val":
             scored["easy_val"] = read_jsonl(splits_dir / "easy_val.jsonl")
-        lp = {}  # round -> split -> {id: per-option token logprobs}
-        for rnd, m in sorted(by_round.items()):
-            model, tok = load_saved(m["path"])
-            lp[rnd] = {s: option_logprobs(model, tok, rows, batch_size=ev.batch_size) for s, rows in scored.items()}
-            del model
+        # round -> split -> {id: per-option token logprobs}
+        lp = option_logprobs_by_round([m for _, m in sorted(by_round.items())], scored, ev.batch_size)
         chosen, selection = chosen_members(
             active, splits_dir, ens.select_rounds, ev.batch_size,
             lp_val={m["round"]: lp[m["round"]]["easy_val"] for m in active} if "easy_val" in scored else None)

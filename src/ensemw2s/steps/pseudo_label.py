@@ -20,6 +20,7 @@ from ensemw2s.steps._io import (
     chosen_members,
     ensemble_members,
     open_decoder,
+    option_logprobs_by_round,
     read_json,
     run_main,
     write_json,
@@ -41,21 +42,6 @@ def build_parser():
     p.add_argument("--rounds", type=int, default=None, help="final round (to fetch the state from storage)")
     p.add_argument("--labels", required=True, help="output folder")
     return p
-
-
-def _option_logprobs(members: list[dict], splits: dict[str, list[dict]], batch_size: int) -> tuple[dict, dict]:
-    """Each member loaded once and scored on every split given: ``({round: lp on "val"}, {round: lp on "pool"})``
-    (a split not given maps to an empty dict)."""
-    from ensemw2s.evaluation import option_logprobs
-    from ensemw2s.training import load_saved
-
-    out: dict[str, dict] = {"val": {}, "pool": {}}
-    for m in members:
-        model, tok = load_saved(m["path"])
-        for name, split_rows in splits.items():
-            out[name][m["round"]] = option_logprobs(model, tok, split_rows, batch_size=batch_size)
-        del model
-    return out["val"], out["pool"]
 
 
 def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Optional[Path], labels_dir: Path,
@@ -88,8 +74,10 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
             active = ensemble_members(state, io, "all")
             if options and ens.select_rounds == "val":
                 # one load per expert scores both easy_val (to choose T) and hard_pool (the labels)
-                lp_val, lp_pool = _option_logprobs(active, {"val": read_jsonl(splits_dir / "easy_val.jsonl"),
-                                                            "pool": rows}, ens.batch_size)
+                lp = option_logprobs_by_round(active, {"val": read_jsonl(splits_dir / "easy_val.jsonl"),
+                                                       "pool": rows}, ens.batch_size)
+                lp_val = {r: d["val"] for r, d in lp.items()}
+                lp_pool = {r: d["pool"] for r, d in lp.items()}
             members, _ = chosen_members(active, splits_dir, ens.select_rounds, ens.batch_size, lp_val)
         else:
             members = ensemble_members(state, io, "first")
@@ -105,7 +93,8 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
 
             missing = [m for m in members if m["round"] not in lp_pool]
             if missing:
-                lp_pool.update(_option_logprobs(missing, {"pool": rows}, ens.batch_size)[1])
+                lp_pool.update({r: d["pool"] for r, d in option_logprobs_by_round(missing, {"pool": rows},
+                                                                                  ens.batch_size).items()})
             lps = [lp_pool[m["round"]] for m in members]
             w = normalised_weights([m["alpha"] for m in members])
             answers = [r["choices"][mixture_choice([lp[r["id"]] for lp in lps], w)] for r in rows]
