@@ -61,6 +61,19 @@ chart: venv ## render, lint and validate the Helm chart offline
 bench: setup ## performance benchmarks (prints ratios against the baselines)
 	$(PY) benchmarks/run_all.py
 
+# the results page (docs/results.md): the tooling is benchmarks/science/, run from the repository root
+.PHONY: prestudy science
+prestudy science: CONFIG = configs/science.yaml
+SEEDS      ?= 3
+JOBS       ?= 2
+ABLATIONS  ?= configs/science_ablations.yaml
+
+prestudy: setup ## results page 1/2: weak expert vs gold ceiling per setting -> docs/results/prestudy.json (CONFIG: configs/science.yaml)
+	$(PY) -m benchmarks.science settings --config $(CONFIG)
+
+science: setup ## results page 2/2: SEEDS seeds + ABLATIONS as real pipeline runs -> docs/results.md (CONFIG: configs/science.yaml)
+	$(PY) -m benchmarks.science science --config $(CONFIG) --seeds $(SEEDS) --jobs $(JOBS) $(if $(ABLATIONS),--ablations $(ABLATIONS))
+
 storage-serve: venv ## start the embedded S3 server (SeaweedFS)
 	$(ENSEMW2S) storage serve
 

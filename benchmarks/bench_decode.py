@@ -67,7 +67,7 @@ class NoEos:
 
 
 def _load_base():
-    from ensemw2s.training import load_causal_lm
+    from ensemw2s.modeling import load_causal_lm
 
     model, tok = load_causal_lm(MODEL)
     model.generation_config.eos_token_id = None
@@ -209,7 +209,7 @@ def child(spec: dict) -> dict:
         def fn(ps, k):
             return _hf_generate(models[0], tok, ps, k, batch)
     elif mode == "lora_mixed":
-        from ensemw2s.ensemble import normalise_alphas
+        from ensemw2s.boosting import normalise_alphas
 
         names, w = [e.adapter for e in dec._experts], normalise_alphas(alphas)
 
@@ -219,7 +219,7 @@ def child(spec: dict) -> dict:
         def fn(ps, k):
             return reference_generate_ids(models, alphas, NoEos(tok), ps, k)
     elif mode == "nocache":
-        from ensemw2s.ensemble import normalise_alphas
+        from ensemw2s.boosting import normalise_alphas
 
         w = normalise_alphas(alphas)
 

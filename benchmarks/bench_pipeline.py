@@ -6,7 +6,7 @@
 2. kfp.local alone: a chain of no-op lightweight components (``base_image`` any string,
    ``install_kfp_package=False``) through ``SubprocessRunner(use_venv=False)``; per task = wall / tasks.
    Overhead beyond start-up = per task - start-up of ``python -c "import kfp.dsl.executor_main"``.
-3. The real local run (``ensemw2s.cli.run_local``, configs/tiny.yaml, kfp.local + SeaweedFS): per step =
+3. The real local run (``ensemw2s.local.run_local``, configs/tiny.yaml, kfp.local + SeaweedFS): per step =
    (runner wall - sum of the steps' own work from timing.json) / steps; beyond start-up = that - start-up of
    ``import kfp.dsl.executor_main, ensemw2s.steps.<step>``. Target <= 0.2 s per step.
 4. S3: one 500 MB file through ``Store.put_dir`` / ``Store.get_dir`` (sha256 + CRC32C computed beside the
@@ -140,10 +140,10 @@ def s3_bench(tmp: Path) -> dict:
 
 
 def real_run(tmp: Path) -> dict:
-    """The tiny pipeline through cli.run_local (kfp.local + SeaweedFS under tmp)."""
+    """The tiny pipeline through local.run_local (kfp.local + SeaweedFS under tmp)."""
     from ensemw2s import s3server
-    from ensemw2s.cli import run_local
     from ensemw2s.config import load_config
+    from ensemw2s.local import run_local
 
     home = tmp / "s3home-run"
     info = s3server.serve(home=home)

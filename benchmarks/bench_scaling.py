@@ -39,6 +39,7 @@ def run_pipeline(d: Path, rows: int, rounds: int) -> dict:
     """All steps in DAG order, in this process; returns wall and per-step seconds."""
     from ensemw2s.steps import (
         evaluate,
+    keys,
         pseudo_label,
         report,
         split_data,
@@ -79,7 +80,7 @@ def run_pipeline(d: Path, rows: int, rounds: int) -> dict:
     step("evaluate-experts", evaluate.main, ["--target", "experts", "--splits", str(d / "splits"), "--state",
                                              str(d / f"state{rounds}"), "--out", str(d / "eval-experts")])
     args = ["--out", str(d / "report")]
-    for t in evaluate.TARGETS:
+    for t in keys.EVAL_TARGETS:
         args += [f"--eval-{t}", str(d / f"eval-{t}")]
     step("report", report.main, args)
     wall = time.perf_counter() - t0

@@ -75,6 +75,7 @@ def train_once(model_name: str, kind: str, steps: int, *, group_by_length: bool 
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from ensemw2s.config import load_config
+    from ensemw2s.modeling import load_causal_lm
     from ensemw2s.training import (
         _make_collator,
         _weighted_trainer_cls,
@@ -82,7 +83,6 @@ def train_once(model_name: str, kind: str, steps: int, *, group_by_length: bool 
         apply_lora,
         encode_rows,
         length_grouping_args,
-        load_causal_lm,
     )
 
     cfg = load_config(str(C.ROOT / "configs" / "default.yaml"))

@@ -1,4 +1,5 @@
-"""KFP components of the ablation pipeline: thin wrappers around :mod:`ensemw2s.steps.compare`.
+"""KFP components of the ablation pipeline: thin wrappers around :mod:`ensemw2s.ablation` (the plan, run ids)
+and :mod:`ensemw2s.steps.compare` (the table).
 
 ``plan`` resolves the ablation's base run id (a fresh one per firing of a recurring run) and stores each child
 run's config; ``child_run_id`` names one (grid point, seed) run, deriving the same base run id from the KFP
@@ -16,30 +17,30 @@ from kfp.dsl import HTML, Dataset, Markdown, Output
 def plan(run_id: str, plan_json: str, seeds: list, storage_cfg: str, job_id: str) -> str:
     import json
 
+    from ensemw2s import ablation
     from ensemw2s.config import StorageConfig, section_from_json
-    from ensemw2s.steps import compare as step
 
-    base = step.resolve_base_run_id(run_id, job_id)
-    runs = step.write_plan(json.loads(plan_json), base, seeds,
+    base = ablation.resolve_base_run_id(run_id, job_id)
+    runs = ablation.write_plan(json.loads(plan_json), base, seeds,
                            section_from_json(StorageConfig, storage_cfg, "storage"))
     print(f"ablation {base}: {len(runs)} runs", flush=True)
     return base
 
 
 def child_run_id(run_id: str, job_id: str, point: str, seed: int) -> str:
-    from ensemw2s.steps import compare as step
+    from ensemw2s import ablation
 
-    return step.child_run_id(step.resolve_base_run_id(run_id, job_id), point, seed)
+    return ablation.child_run_id(ablation.resolve_base_run_id(run_id, job_id), point, seed)
 
 
 def prepare_run(run_id: str, config_json: str, storage_cfg: str, job_id: str, prefix: str) -> str:
     import json
 
+    from ensemw2s.ablation import resolve_base_run_id
     from ensemw2s.config import StorageConfig, section_from_json
-    from ensemw2s.steps import compare as step
     from ensemw2s.storage import Store
 
-    rid = step.resolve_base_run_id(run_id, job_id, prefix=prefix)
+    rid = resolve_base_run_id(run_id, job_id, prefix=prefix)
     store = Store.from_config(section_from_json(StorageConfig, storage_cfg, "storage"))
     store.check()
     store.put_json(rid, "run-summary", "config.json", json.loads(config_json))

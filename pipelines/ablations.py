@@ -23,8 +23,9 @@ from typing import List, Optional
 
 from kfp import compiler, dsl
 
+from ensemw2s.ablation import Ablation, load_ablation
 from ensemw2s.config import Config, section_to_json, to_dict
-from ensemw2s.steps.compare import Ablation, load_ablation
+from ensemw2s.errors import ConfigError
 
 PIPELINE_NAME = "ensemw2s-ablations"
 # KFP fills this in at run time; the run-id components derive a fresh base run id from it
@@ -45,6 +46,10 @@ def build_ablation_pipeline(ab: Ablation, *, for_cluster: bool = True, image: Op
 
     from pipelines.ensemw2s import build_pipeline
 
+    if ab.fork_from:
+        raise ConfigError(f"fork_from: {ab.fork_from!r} is not supported by the cluster ablation pipeline (every grid "
+                          "point runs from scratch there); it is for `python -m benchmarks.science science "
+                          "--ablations`. Leave fork_from out to submit this grid")
     res = ab.base.resources
     c = make_components(image or res.image)
     subs = [(p, build_pipeline(p.cfg, for_cluster=for_cluster, image=image)) for p in ab.points]

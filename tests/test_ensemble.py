@@ -7,18 +7,14 @@ Everything is built in-test (tiny random Llama models, a character-level tokeniz
 from __future__ import annotations
 
 import copy
-import string
 from collections import Counter
 
 import pytest
 import torch
+from tiny_models import make_model, make_tokenizer
 
-from ensemw2s.ensemble import (
-    EnsembleDecoder,
-    mixture_next_token_scores,
-    normalise_alphas,
-    reference_generate_ids,
-)
+from ensemw2s.boosting import normalise_alphas
+from ensemw2s.ensemble import EnsembleDecoder, mixture_next_token_scores, reference_generate_ids
 
 PROMPTS = [
     "What is the boiling point of water?",
@@ -34,48 +30,9 @@ MAX_NEW = 12
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-def make_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
-    chars = string.ascii_letters + string.digits + " .,?!:;'-"
-    vocab = {tok: i for i, tok in enumerate(specials + list(chars))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
-    tok.decoder = decoders.Fuse()
-    # Gemma-style: add_special_tokens=True prepends BOS
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
-
-
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()
-
-
-def make_model(tok, seed: int, vocab_size: int | None = None):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size or len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=0.1,  # peakier than the default 0.02: clear argmaxes, varied outputs
-        tie_word_embeddings=False,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        attn_implementation="eager",
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module")

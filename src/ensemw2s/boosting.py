@@ -15,7 +15,7 @@ Alpha rules (registry :data:`ALPHA_RULES`, extended with :func:`register_alpha_r
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -149,3 +149,32 @@ def loss_weights(weights, mode: str, seed: int) -> np.ndarray:
     if mode == "weighted":
         return w * n / w.sum()
     raise ValueError(f"unknown sampling mode {mode!r}; allowed values: resample, weighted")
+
+
+def normalise_alphas(alphas: Sequence[float], expected: int | None = None) -> list[float]:
+    """``a_t = alpha_t / sum(alpha)``.
+
+    Raises ValueError when ``alphas`` is empty, when an alpha is not a finite number > 0, or when
+    ``expected`` (the number of experts) is given and differs from ``len(alphas)``.
+    """
+    values = list(alphas)
+    if not values:
+        raise ValueError("alphas is empty: an ensemble needs at least one expert weight")
+    if expected is not None and len(values) != expected:
+        raise ValueError(
+            f"got {len(values)} alphas for {expected} experts; need exactly one alpha per expert"
+        )
+    out: list[float] = []
+    for i, a in enumerate(values):
+        try:
+            f = float(a)
+        except (TypeError, ValueError):
+            raise ValueError(f"alpha[{i}] = {a!r} is not a number") from None
+        if not math.isfinite(f) or f <= 0.0:
+            raise ValueError(
+                f"alpha[{i}] = {a!r}: every expert weight must be a finite number > 0 "
+                "(AdaBoost rounds with alpha <= 0 must be dropped before decoding)"
+            )
+        out.append(f)
+    total = math.fsum(out)
+    return [f / total for f in out]

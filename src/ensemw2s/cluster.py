@@ -1,76 +1,34 @@
-"""The cluster path: submit or schedule the pipeline on Kubeflow Pipelines; rerun one step of a stored run.
+"""The cluster path: compile for Kubernetes, then submit one run or schedule a recurring run on Kubeflow
+Pipelines.
 
 - :func:`submit`: compile (with the Kubernetes plumbing) and create one KFP run, parameter ``run_id``.
 - :func:`schedule`: a KFP recurring run (6-field cron, seconds first); an existing recurring run of the same
   name in the experiment is replaced, so repeated ``helm upgrade`` hooks do not pile up schedules.
-- :func:`rerun_step`: run one step of a past run again, locally or in Docker, from that run's artifacts in
-  object storage; outputs go to ``runs/<run_id>/<step>.attempt-<n>/`` and a metric diff is printed.
 
 No secret ever enters a pipeline parameter or a command line: pods get S3 credentials from the Kubernetes
-Secret (``pipelines/k8s.py``), and ``docker run`` receives them by variable name only. kfp is imported lazily
-(only these commands need it).
+Secret (``pipelines/k8s.py``). Orchestration layer: this module reaches up to ``pipelines/`` (kfp, imported
+lazily: only these commands need it); the core never imports it. Single-step reruns are in
+:mod:`ensemw2s.rerun`.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Optional
 
-from ensemw2s.config import (
-    Config,
-    ConfigError,
-    StorageConfig,
-    _from_dict,
-    _merge,
-    config_hash,
-    dump_yaml,
-    load_config,
-    parse_overrides,
-    safe_load_yaml,
-)
+from ensemw2s import provenance
+from ensemw2s.config import Config, default_config_path, load_config
+from ensemw2s.errors import ClusterError, ConfigError, StorageError
 
 PIPELINES = ("main", "ablations")
 DEFAULT_EXPERIMENT = {"main": "ensemw2s", "ablations": "ensemw2s-ablations"}
 CRON_FIELDS = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
 _CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*?/,\-LW#]+$")
-# environment a step container needs, passed to `docker run` by NAME (values never on the command line)
-DOCKER_ENV_NAMES = ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                    "AWS_DEFAULT_REGION")
-
-
-class ClusterError(RuntimeError):
-    """A problem with the KFP server, Docker or a stored run, in one line (the CLI exits 1)."""
-
-
-# --------------------------------------------------------------------------- CLI glue (used by ensemw2s.cli)
-
-
-def add_cluster_args(p) -> None:
-    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888")
-    p.add_argument("--pipeline", default="main", choices=PIPELINES)
-    p.add_argument("--experiment", default=None, help="KFP experiment (created if missing; default: "
-                   + ", ".join(f"{k}: {v}" for k, v in DEFAULT_EXPERIMENT.items()) + ")")
-    p.add_argument("--namespace", default=None, help="Kubernetes namespace (multi-user Kubeflow)")
-
-
-def cli_call(fn: Callable, **kwargs) -> int:
-    """Run a command; a ClusterError prints one line and exits 1 (ConfigError is the CLI's: exit 2)."""
-    try:
-        fn(**kwargs)
-    except ClusterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 # --------------------------------------------------------------------------- cron
@@ -102,7 +60,7 @@ class Target:
 
     pipeline: str
     cfg: Config  # the main config, or the ablation's base
-    ablation: object = None  # ensemw2s.steps.compare.Ablation for pipeline "ablations"
+    ablation: object = None  # ensemw2s.ablation.Ablation for pipeline "ablations"
     extra: dict = field(default_factory=dict)
 
 
@@ -110,16 +68,14 @@ def load_target(pipeline: str, config: Optional[str], overrides: Optional[list[s
     if pipeline not in PIPELINES:
         raise ConfigError(f"--pipeline {pipeline!r} is not allowed; allowed values: {', '.join(PIPELINES)}")
     if pipeline == "ablations":
-        from ensemw2s.steps.compare import load_ablation
+        from ensemw2s.ablation import load_ablation
 
         if not config:
             raise ConfigError("--pipeline ablations needs --config (an ablation config, e.g. "
                               "configs/ablations.yaml)")
         ab = load_ablation(config, overrides)
         return Target(pipeline, ab.base, ab)
-    from ensemw2s.cli import _default_config
-
-    return Target(pipeline, load_config(config or _default_config(), overrides))
+    return Target(pipeline, load_config(config or default_config_path(), overrides))
 
 
 def compile_target(target: Target, path: Path, *, recurring: bool = False, prefix: str = "ensemw2s") -> Path:
@@ -138,10 +94,9 @@ def compile_target(target: Target, path: Path, *, recurring: bool = False, prefi
 
 
 def _new_run_id(target: Target) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    what = target.ablation.plan() if target.ablation is not None else target.cfg
-    prefix = "ablation-" if target.pipeline == "ablations" else ""
-    return f"{prefix}{stamp}-{config_hash(what)[:6]}"
+    if target.ablation is not None:
+        return provenance.new_run_id(target.ablation.plan(), prefix="ablation-")
+    return provenance.new_run_id(target.cfg)
 
 
 # --------------------------------------------------------------------------- KFP client
@@ -205,7 +160,7 @@ def submit(host: str, config: Optional[str], overrides: Optional[list[str]] = No
     target = load_target(pipeline, config, overrides)
     run_id = validate_name("run id", run_id) if run_id else _new_run_id(target)
     if target.ablation is not None:
-        from ensemw2s.steps.compare import child_runs
+        from ensemw2s.ablation import child_runs
 
         children = child_runs(target.ablation.plan(), run_id)  # validates every child run id now
         if not target.ablation.grid:
@@ -241,8 +196,7 @@ def submit(host: str, config: Optional[str], overrides: Optional[list[str]] = No
 def _store_config(cfg: Config, run_id: str, out) -> bool:
     """Best effort: ``runs/<run_id>/run-summary/config.json``, which ``rerun-step`` needs. Only when an object
     store is configured here (the cluster's, not a laptop's embedded one)."""
-    from ensemw2s.config import to_dict
-    from ensemw2s.storage import StorageError, Store
+    from ensemw2s.storage import Store
 
     if not (cfg.storage.endpoint or os.environ.get("S3_ENDPOINT_URL")):
         out(f"note: no S3 endpoint here (S3_ENDPOINT_URL), so runs/{run_id}/run-summary/config.json was not "
@@ -251,7 +205,7 @@ def _store_config(cfg: Config, run_id: str, out) -> bool:
     try:
         store = Store.from_config(cfg.storage)
         store.check()
-        store.put_json(run_id, "run-summary", "config.json", to_dict(cfg))
+        provenance.store_config(store, run_id, cfg)
         return True
     except StorageError as exc:
         out(f"warning: could not store the run's config for rerun-step: {exc}")
@@ -305,255 +259,3 @@ def _recurring_runs_named(client, experiment_id: str, name: str) -> list[str]:
         token = resp.next_page_token or ""
         if not token:
             return ids
-
-
-# --------------------------------------------------------------------------- rerun-step
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    module: str  # ensemw2s.steps.<module>
-    args: Callable[[Path, Path], list]  # (inputs dir, outputs dir) -> step flags
-    outputs: dict  # output name -> summary JSON file inside it
-
-
-def step_specs(cfg: Config) -> dict[str, StepSpec]:
-    """Every step key of a run (as stored under ``runs/<run_id>/``) -> how to run it alone. Inputs are given
-    as paths that do not exist, so the step fetches them from the original run in object storage."""
-    from ensemw2s.steps.pseudo_label import SOURCES
-
-    T = cfg.boosting.rounds
-    specs: dict[str, StepSpec] = {
-        "split_data": StepSpec("split_data", lambda i, o: ["--splits", o / "splits", "--state", o / "state"],
-                               {"splits": "split.json", "state": "state.json"})}
-    for t in range(1, T + 1):
-        specs[f"train_expert-r{t}"] = StepSpec(
-            "train_expert", lambda i, o, t=t: ["--round", t, "--splits", i / "splits", "--state", i / "state",
-                                               "--expert", o / "expert"], {"expert": "expert.json"})
-        specs[f"update_weights-r{t}"] = StepSpec(
-            "update_weights", lambda i, o, t=t: ["--round", t, "--state", i / "state",
-                                                 "--expert", i / "expert", "--out-state", o / "state"],
-            {"state": "state.json"})
-    for s in SOURCES:
-        specs[f"pseudo_label-{s}"] = StepSpec(
-            "pseudo_label", lambda i, o, s=s: ["--source", s, "--splits", i / "splits", "--state",
-                                               i / "state", "--rounds", T, "--labels", o / "labels"],
-            {"labels": "labels.json"})
-        specs[f"train_student-{s}"] = StepSpec(
-            "train_student", lambda i, o, s=s: ["--source", s, "--labels", i / "labels",
-                                                "--student", o / "student"],
-            {"student": "student.json"})
-    specs["evaluate-experts"] = StepSpec(
-        "evaluate", lambda i, o: ["--target", "experts", "--splits", i / "splits", "--state", i / "state",
-                                  "--out", o / "eval"], {"eval": "eval.json"})
-    for s in SOURCES:
-        specs[f"evaluate-student-{s}"] = StepSpec(
-            "evaluate", lambda i, o, s=s: ["--target", f"student-{s}", "--splits", i / "splits",
-                                           "--student", i / "student", "--out", o / "eval"],
-            {"eval": "eval.json"})
-    specs["report"] = StepSpec(
-        "report", lambda i, o: ["--eval-experts", i / "eval-experts", "--eval-student-single",
-                                i / "eval-single", "--eval-student-ensemble", i / "eval-ensemble",
-                                "--eval-student-gold", i / "eval-gold", "--out", o / "report"],
-        {"report": "metrics.json"})
-    return specs
-
-
-def step_command(spec: StepSpec, *, config_path: Path, run_id: str, workdir: Path,
-                 python: str = sys.executable) -> list[str]:
-    flags = [str(a) for a in spec.args(workdir / "in", workdir / "out")]
-    return [python, "-m", f"ensemw2s.steps.{spec.module}", "--config", str(config_path), "--run-id", run_id,
-            *flags]
-
-
-def docker_command(image: str, step_argv: list[str], *, workdir: Path, attempt: int,
-                   assets_home: Optional[Path] = None, user: Optional[str] = None) -> list[str]:
-    """``docker run`` for one step. Credentials are passed by variable NAME (docker copies the values from its
-    own environment); only non-secret values appear on the command line. The work dir and the asset cache are
-    mounted at the same paths as here, so paths recorded in the run (e.g. expert folders) resolve the same."""
-    cmd = ["docker", "run", "--rm", "--network", "host"]
-    if user:
-        cmd += ["--user", user]
-    for name in DOCKER_ENV_NAMES:
-        cmd += ["-e", name]
-    cmd += ["-e", f"ENSEMW2S_ATTEMPT={int(attempt)}", "-e", f"HOME={workdir}", "-v", f"{workdir}:{workdir}"]
-    if assets_home is not None:
-        cmd += ["-e", f"ENSEMW2S_HOME={assets_home}", "-v", f"{assets_home}:{assets_home}"]
-    return cmd + [image, "python", *step_argv[1:]]
-
-
-def docker_available() -> tuple[bool, str]:
-    if not shutil.which("docker"):
-        return False, "the docker command is not installed"
-    try:
-        res = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                             text=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"`docker info` failed ({type(exc).__name__})"
-    if res.returncode != 0:
-        last = (res.stderr.strip().splitlines() or ["no output"])[-1]
-        return False, f"`docker info` failed: {last[:200]}"
-    return True, res.stdout.strip()
-
-
-def _locate_storage(config: Optional[str], overrides: list[str]) -> StorageConfig:
-    """Where the run lives: the storage section of --config (if any) with --set storage.* on top."""
-    data: dict = {}
-    if config:
-        p = Path(config)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        loaded = safe_load_yaml(p.read_text(encoding="utf-8"), str(p)) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
-        data = loaded.get("storage") or (loaded.get("base") or {}).get("storage") or {}
-    data = _merge(data, parse_overrides(overrides).get("storage") or {})
-    st = _from_dict(StorageConfig, data, "storage")
-    st.validate("storage")
-    return st
-
-
-def stored_config(store, run_id: str, overrides: Optional[list[str]] = None) -> Config:
-    """The config a run was started with (``runs/<run_id>/run-summary/config.json``) with ``overrides``."""
-    from ensemw2s.storage import MissingObjectError
-
-    try:
-        data = store.get_json(run_id, "run-summary", "config.json")
-    except MissingObjectError:
-        where = store.uri(run_id, "run-summary", "config.json")
-        raise ClusterError(f"run {run_id!r} has no stored config ({where}, {store.endpoint}): is the run id "
-                           "right, and was it started by `ensemw2s run` or `ensemw2s submit`?") from None
-    if not isinstance(data, dict):
-        raise ClusterError(f"{store.uri(run_id, 'run-summary', 'config.json')} is not a config mapping")
-    return _from_dict(Config, _merge(data, parse_overrides(overrides))).validate()
-
-
-def next_attempt(store, run_id: str, step: str) -> int:
-    pat = re.compile(rf"^{re.escape(step)}\.attempt-(\d+)$")
-    used = [int(m.group(1)) for s in store.list_steps(run_id) if (m := pat.match(s))]
-    return max(used, default=0) + 1
-
-
-def _flatten(obj, prefix: str = "") -> dict:
-    out: dict = {}
-    if isinstance(obj, dict):
-        for k in sorted(obj):
-            out.update(_flatten(obj[k], f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(obj, list) and any(isinstance(x, (dict, list)) for x in obj):
-        for i, x in enumerate(obj):
-            out.update(_flatten(x, f"{prefix}.{i}"))
-    else:
-        out[prefix] = obj
-    return out
-
-
-def _show(v) -> str:
-    if v is _ABSENT:
-        return "(absent)"
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    text = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-_ABSENT = object()
-
-
-def diff_summaries(old: Optional[dict], new: Optional[dict]) -> tuple[list[str], int]:
-    """``key: old -> new`` for every changed leaf; and how many leaves are unchanged."""
-    a, b = _flatten(old or {}), _flatten(new or {})
-    lines, same = [], 0
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k, _ABSENT), b.get(k, _ABSENT)
-        if va == vb:
-            same += 1
-        else:
-            lines.append(f"{k}: {_show(va)} -> {_show(vb)}")
-    return lines, same
-
-
-def _summary_json(store, run_id: str, step: str, output: str, name: str, tmp: Path) -> Optional[dict]:
-    from ensemw2s.storage import StorageError
-
-    dest = tmp / f"{step}-{output}-{name}"
-    try:
-        store.get_file(run_id, step, f"{output}/files/{name}", dest)
-    except StorageError:
-        return None
-    return json.loads(dest.read_text())
-
-
-def rerun_step(run_id: str, step: str, overrides: Optional[list[str]] = None, *, docker: bool = False,
-               attempt: Optional[int] = None, config: Optional[str] = None, keep: bool = False,
-               out=print) -> dict:
-    """Run step ``step`` of run ``run_id`` again (see the module docstring); returns the attempt, diffs."""
-    from ensemw2s import assets
-    from ensemw2s.cli import storage_env
-    from ensemw2s.storage import Store, validate_name
-
-    overrides = list(overrides or [])
-    validate_name("run id", run_id)
-    if not step or ".." in step or "/" in step or re.search(r"[\x00-\x1f\x7f]", step):
-        raise ConfigError(f"--step {step!r}: not a step name (no '/', '..' or control characters)")
-    st_cfg = _locate_storage(config, overrides)
-    storage_env(SimpleNamespace(storage=st_cfg))  # the embedded server (started if needed) or S3_ENDPOINT_URL
-    store = Store.from_config(st_cfg)
-    store.check(create=False)
-    cfg = stored_config(store, run_id, overrides)
-    specs = step_specs(cfg)
-    if step not in specs:
-        raise ConfigError(f"--step {step!r} is not a step of run {run_id}; valid steps: {', '.join(specs)}")
-    validate_name("step", step)
-    spec = specs[step]
-    if attempt is None:
-        attempt = next_attempt(store, run_id, step)
-    elif attempt < 1:
-        raise ConfigError(f"--attempt {attempt}: must be >= 1")
-    elif f"{step}.attempt-{attempt}" in store.list_steps(run_id):
-        raise ClusterError(f"attempt {attempt} of {step} already exists in run {run_id}; omit --attempt to "
-                           f"use the next free one ({next_attempt(store, run_id, step)})")
-    attempt_step = f"{step}.attempt-{attempt}"
-    if docker:
-        ok, why = docker_available()
-        if not ok:
-            raise ClusterError(f"--docker: no Docker engine is reachable here ({why}); start Docker, or "
-                               "rerun without --docker to run the step in a local subprocess")
-    workdir = Path(tempfile.mkdtemp(prefix="ensemw2s-rerun-")).resolve()
-    try:
-        cfg_path = workdir / "config.yaml"
-        cfg_path.write_text(dump_yaml(cfg))
-        argv = step_command(spec, config_path=cfg_path, run_id=run_id, workdir=workdir)
-        env = {**os.environ, "ENSEMW2S_ATTEMPT": str(attempt)}
-        if docker:
-            user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
-            argv = docker_command(cfg.resources.image, argv, workdir=workdir, attempt=attempt,
-                                  assets_home=assets.home().resolve(), user=user)
-        where = f"docker image {cfg.resources.image}" if docker else "a local subprocess"
-        out(f"rerun {step} of run {run_id} as attempt {attempt} in {where}"
-            + (f" with {' '.join(overrides)}" if overrides else ""))
-        out("$ " + " ".join(argv))
-        sys.stdout.flush()
-        rc = subprocess.run(argv, env=env, check=False).returncode
-        if rc != 0:
-            raise ClusterError(f"{step} (attempt {attempt}) failed with exit code {rc}; its log is above")
-        diffs = {}
-        tmp = workdir / "diff"
-        tmp.mkdir()
-        for output, name in spec.outputs.items():
-            old = _summary_json(store, run_id, step, output, name, tmp)
-            new = _summary_json(store, run_id, attempt_step, output, name, tmp)
-            lines, same = diff_summaries(old, new)
-            diffs[f"{output}/{name}"] = lines
-            label = "" if old is not None else " (the original run has no such output)"
-            out(f"\n{output}/{name}: original -> attempt {attempt}{label}")
-            for line in lines:
-                out(f"  {line}")
-            out(f"  ({same} keys unchanged)" if lines else f"  no change ({same} keys)")
-        out(f"\noutputs: {store.uri(run_id, attempt_step)}/ (original untouched: {store.uri(run_id, step)}/)")
-        return {"attempt": attempt, "step": attempt_step, "diffs": diffs,
-                "uri": store.uri(run_id, attempt_step)}
-    finally:
-        if keep:
-            out(f"work dir kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)

@@ -18,9 +18,8 @@ from typing import Any, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config problem the user must fix; the message names the key and what is allowed."""
+from ensemw2s.data import PROMPTS
+from ensemw2s.errors import ConfigError
 
 
 def _check_choice(key: str, value: Any, allowed: tuple) -> None:
@@ -114,18 +113,19 @@ class DataConfig:
     # scored as a continuation; the form the models' zero-shot numbers in shared/MODELS_AND_DATA.md use)
     prompt: str = "mc"
 
-    PROMPTS = ("mc", "rc")
     DIFFICULTY = ("native", "model_loss", "crossfit", "grade", "level", "column", "random")
 
     def validate(self, key: str = "data") -> None:
-        from ensemw2s.data import DATASETS  # registry; imported late to keep config import-light
+        from ensemw2s.assets import (
+            DATASETS,  # the dataset registry; imported late to keep config import-light
+        )
 
         for side in ("easy", "hard"):
             name = getattr(self, side)
             _check_nonempty(f"{key}.{side}", name)
             _check_choice(f"{key}.{side}", name, tuple(sorted(DATASETS)))
         _check_choice(f"{key}.difficulty", self.difficulty, self.DIFFICULTY)
-        _check_choice(f"{key}.prompt", self.prompt, self.PROMPTS)
+        _check_choice(f"{key}.prompt", self.prompt, PROMPTS)
         if self.difficulty == "column" and not self.difficulty_column:
             raise ConfigError(f"{key}.difficulty_column: required when {key}.difficulty is 'column'")
         for side, path_key in (("easy", "jsonl_path"), ("hard", "hard_jsonl_path")):
@@ -300,7 +300,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping (section {_type_name(tp)}), got {type(value).__name__}")
-        return _from_dict(tp, value, key)
+        return from_dict(tp, value, key)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
@@ -330,7 +330,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from plain data; an unknown key names itself and the allowed keys."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -343,7 +344,8 @@ def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
+def set_path(tree: dict, dotted: str, value: Any) -> None:
+    """``tree["a"]["b"] = value`` for ``dotted`` = "a.b" (sections created as needed)."""
     parts = dotted.split(".")
     node = tree
     for p in parts[:-1]:
@@ -363,14 +365,15 @@ def parse_overrides(overrides: list[str] | None) -> dict:
         k, v = item.split("=", 1)
         if not k.strip():
             raise ConfigError(f"--set {item!r}: empty key")
-        _set_path(tree, k.strip(), yaml.safe_load(v) if v.strip() else "")
+        set_path(tree, k.strip(), yaml.safe_load(v) if v.strip() else "")
     return tree
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_dicts(base: dict, over: dict) -> dict:
+    """``over`` deep-merged onto ``base`` (sections merge, leaves replace); neither is modified."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -382,6 +385,18 @@ def safe_load_yaml(text: str, source: str = "<string>") -> Any:
         # one line: PyYAML's message spans several (problem, position, a caret under the column)
         raise ConfigError(f"{source}: not valid YAML (only plain YAML is accepted, no object tags): "
                           f"{' '.join(str(exc).split())}") from None
+
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def default_config_path() -> str | None:
+    """``configs/default.yaml`` of the checkout we run from (the working directory, else the checkout this
+    package is installed from in editable mode); None means the built-in defaults."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (base / DEFAULT_CONFIG).is_file():
+            return str(base / DEFAULT_CONFIG)
+    return None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -397,8 +412,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         data = loaded
-    data = _merge(data, parse_overrides(overrides))
-    return _from_dict(Config, data).validate()
+    data = merge_dicts(data, parse_overrides(overrides))
+    return from_dict(Config, data).validate()
 
 
 def to_dict(obj: Any) -> dict:
@@ -415,7 +430,7 @@ def section_from_json(cls: type, text: str, key: str) -> Any:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{key}: not valid JSON: {exc}") from None
-    obj = _from_dict(cls, data, key)
+    obj = from_dict(cls, data, key)
     if hasattr(obj, "validate"):
         obj.validate(key)
     return obj

@@ -1,37 +1,44 @@
-"""Datasets, the question-row schema, prompts, and the difficulty split (DESIGN.md §4.1, §5).
+"""Question rows: the schema, stable ids, JSONL reading/writing, prompts, answer matching and the difficulty
+split (DESIGN.md §4.1, §5).
 
-A dataset is one loader function registered with :func:`register_dataset`; it returns rows with the schema
-``{id, question, choices, answer, answer_index, difficulty, source, meta}`` plus ``split`` (the dataset's
-own train/validation/test split, or ``None`` when it has none). The split step turns the configured easy
-and hard sides into five disjoint splits: ``easy_train``, ``easy_val``, ``easy_test`` (ID), ``hard_pool``
-(to pseudo-label) and ``hard_test`` (OOD).
+A row is ``{id, question, choices, answer, answer_index, difficulty, source, meta}`` (:data:`ROW_FIELDS`); a
+dataset loader (registered in :mod:`ensemw2s.assets`) adds ``split`` (the dataset's own
+train/validation/test split, or ``None`` when it has none). The split step turns the configured easy and hard
+sides into five disjoint splits: ``easy_train``, ``easy_val``, ``easy_test`` (ID), ``hard_pool`` (to
+pseudo-label) and ``hard_test`` (OOD).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import unicodedata
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
-from ensemw2s.config import DataConfig
+from ensemw2s.errors import DataError
 
 SPLITS = ("easy_train", "easy_val", "easy_test", "hard_pool", "hard_test")
+ROW_FIELDS = ("id", "question", "choices", "answer", "answer_index", "difficulty", "source", "meta")
 REQUIRED_FIELDS = ("id", "question", "choices", "answer", "answer_index")
 LETTERS = "ABCDEFGHIJ"
-
-
-class DataError(ValueError):
-    """Bad data: the message names the file and the row id (or line number)."""
+PROMPTS = ("mc", "rc")  # the prompt forms (data.prompt in the config; row["prompt"] on a split row)
 
 
 # --------------------------------------------------------------------------- rows
 
 
+def _norm(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", str(text)).lower().split())
+
+
 def stable_id(question: str, choices: Iterable[str] = ()) -> str:
-    """Stable example id: a hash of the normalised question text and its options."""
-    text = " ".join(question.split()).lower() + "\x1f" + "\x1f".join(" ".join(c.split()).lower() for c in choices)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+    """Stable example id, 16 hex: sha1 of the normalised question plus the normalised choices.
+
+    Normalised = NFKC, lower-case, whitespace collapsed; the choices are sorted, so their order does not
+    matter. The one id scheme of the project: the shipped datasets' ids are made with it too."""
+    payload = _norm(question) + "\x1e" + "\x1f".join(sorted(_norm(c) for c in choices))
+    return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
 
 def validate_row(row: dict, where: str) -> dict:
@@ -95,23 +102,23 @@ def read_jsonl(path: str | Path, *, validate: bool = True) -> list[dict]:
     return rows
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+def write_jsonl(path: str | Path, rows: Iterable[dict], *, sort_keys: bool = True) -> int:
+    """Write rows as UTF-8 JSON lines (through a temporary file renamed into place); return the row count.
+
+    ``sort_keys=False`` keeps each row's own key order (the shipped datasets keep :data:`ROW_FIELDS` order)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     tmp = p.with_suffix(p.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+            f.write(json.dumps(r, ensure_ascii=False, sort_keys=sort_keys) + "\n")
             n += 1
     tmp.replace(p)
     return n
 
 
 # --------------------------------------------------------------------------- prompts
-
-
-PROMPTS = DataConfig.PROMPTS  # one list of prompt forms, checked in the config and on every row
 
 
 def format_prompt(row: dict) -> str:
@@ -153,97 +160,6 @@ def match_choice(generated: str, choices: list[str]) -> Optional[int]:
                 f"{letter.lower()}. ") and g[3:] == norm[i]:
             return i
     return None
-
-
-# --------------------------------------------------------------------------- registry
-
-DatasetLoader = Callable[["DataConfig", str], list]  # (cfg, side) -> rows with a "split" key
-DATASETS: dict[str, dict] = {}
-
-
-def register_dataset(name: str, loader: DatasetLoader, *, license: str, description: str,
-                     chance: Optional[float] = None) -> None:
-    """Register a dataset loader ``loader(cfg, side) -> rows``; ``side`` is "easy" or "hard"."""
-    DATASETS[name] = {"loader": loader, "license": license, "description": description, "chance": chance}
-
-
-def _asset_rows(dataset: str, splits: dict[str, str]) -> list[dict]:
-    from ensemw2s import assets
-
-    rows = []
-    for native, ours in splits.items():
-        for r in read_jsonl(assets.dataset_file(dataset, native)):
-            rows.append({**r, "split": ours})
-    return rows
-
-
-def _load_arc_easy(cfg, side):
-    return _asset_rows("arc_easy", {"train": "train", "validation": "validation", "test": "test"})
-
-
-def _load_arc_challenge(cfg, side):
-    return _asset_rows("arc_challenge", {"train": "train", "validation": "validation", "test": "test"})
-
-
-def _load_arc(cfg, side):
-    return _load_arc_easy(cfg, side) + _load_arc_challenge(cfg, side)
-
-
-def _load_sciq(cfg, side):
-    return _asset_rows("sciq", {"validation": None})
-
-
-def _load_mmlu(cfg, side):
-    return _asset_rows("mmlu", {"validation": "validation", "test": "test"})
-
-
-def _load_jsonl(cfg, side):
-    path = (cfg.hard_jsonl_path if side == "hard" and cfg.hard_jsonl_path else cfg.jsonl_path)
-    rows = read_jsonl(path)
-    out = []
-    for r in rows:
-        r = dict(r)
-        r.setdefault("source", f"jsonl:{Path(path).name}")
-        r.setdefault("meta", {})
-        r["split"] = r.get("split") if r.get("split") in ("train", "validation", "test") else None
-        if cfg.difficulty == "column":
-            col = cfg.difficulty_column
-            value = r.get(col, r["meta"].get(col))
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise DataError(f"{path}: row {r['id']!r} has no numeric difficulty column {col!r}")
-            r["difficulty"] = float(value)
-        out.append(r)
-    return out
-
-
-register_dataset("arc_easy", _load_arc_easy, license="CC BY-SA 4.0", chance=0.25,
-                 description="ARC-Easy (AI2 Reasoning Challenge), official train/validation/test")
-register_dataset("arc_challenge", _load_arc_challenge, license="CC BY-SA 4.0", chance=0.25,
-                 description="ARC-Challenge, official train/validation/test")
-register_dataset("arc", _load_arc, license="CC BY-SA 4.0", chance=0.25,
-                 description="ARC-Easy (difficulty 0) + ARC-Challenge (difficulty 1)")
-register_dataset("sciq", _load_sciq, license="CC BY-NC 3.0", chance=0.25,
-                 description="SciQ validation (1000 rows), options shuffled per id")
-register_dataset("mmlu", _load_mmlu, license="MIT", chance=0.25,
-                 description="MMLU validation+test; difficulty = subject level (0 elementary .. 3 professional)")
-register_dataset("jsonl", _load_jsonl, license="user-provided", chance=None,
-                 description="any JSONL file with the row schema (difficulty column or data.difficulty_column)")
-
-
-def load_side(cfg, side: str) -> list[dict]:
-    name = getattr(cfg, side)
-    if name not in DATASETS:
-        raise DataError(f"data.{side}: unknown dataset {name!r}; registered: {', '.join(sorted(DATASETS))}")
-    rows = DATASETS[name]["loader"](cfg, side)
-    out, seen = [], set()
-    for r in rows:  # one question can appear in two native splits; keep its first occurrence
-        if r["id"] in seen:
-            continue
-        seen.add(r["id"])
-        if len(r["choices"]) > cfg.max_choices:
-            continue
-        out.append(r)
-    return out
 
 
 # --------------------------------------------------------------------------- split

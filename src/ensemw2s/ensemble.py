@@ -23,14 +23,15 @@ switched before each expert's forward, and each adapter keeps its own KV cache.
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from ensemw2s.boosting import normalise_alphas
+from ensemw2s.modeling import accepts, cache_keyword, unwrap_peft
 
 log = logging.getLogger(__name__)
 
@@ -43,35 +44,6 @@ _VOTE_TIE_TOL = 1e-9
 # --------------------------------------------------------------------------------------------------------------
 # pure helpers
 # --------------------------------------------------------------------------------------------------------------
-
-
-def normalise_alphas(alphas: Sequence[float], expected: int | None = None) -> list[float]:
-    """``a_t = alpha_t / sum(alpha)``.
-
-    Raises ValueError when ``alphas`` is empty, when an alpha is not a finite number > 0, or when
-    ``expected`` (the number of experts) is given and differs from ``len(alphas)``.
-    """
-    values = list(alphas)
-    if not values:
-        raise ValueError("alphas is empty: an ensemble needs at least one expert weight")
-    if expected is not None and len(values) != expected:
-        raise ValueError(
-            f"got {len(values)} alphas for {expected} experts; need exactly one alpha per expert"
-        )
-    out: list[float] = []
-    for i, a in enumerate(values):
-        try:
-            f = float(a)
-        except (TypeError, ValueError):
-            raise ValueError(f"alpha[{i}] = {a!r} is not a number") from None
-        if not math.isfinite(f) or f <= 0.0:
-            raise ValueError(
-                f"alpha[{i}] = {a!r}: every expert weight must be a finite number > 0 "
-                "(AdaBoost rounds with alpha <= 0 must be dropped before decoding)"
-            )
-        out.append(f)
-    total = math.fsum(out)
-    return [f / total for f in out]
 
 
 def check_combine(combine: str) -> str:
@@ -131,17 +103,6 @@ def mixture_next_token_scores(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a peft wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base):
-        try:
-            return get_base()
-        except (AttributeError, NotImplementedError):  # pragma: no cover - defensive
-            return model
-    return model
-
-
 def _vocab_size(model: torch.nn.Module) -> int:
     out_emb = None
     try:
@@ -177,13 +138,6 @@ def _input_device(model: torch.nn.Module) -> torch.device:
         return model.get_input_embeddings().weight.device
     except (AttributeError, NotImplementedError):
         return next(model.parameters()).device
-
-
-def _forward_kwargs(model: torch.nn.Module) -> tuple[str, bool]:
-    """(name of the cache kwarg, whether ``logits_to_keep`` is accepted) for this model's forward."""
-    params = inspect.signature(_unwrap(model).forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    return cache_kw, "logits_to_keep" in params
 
 
 def _as_id_list(value: Any) -> list[int]:
@@ -241,9 +195,10 @@ class _Expert:
         self.model = model
         self.adapter = adapter
         self.device = _input_device(model)
-        self.cache_kw, self.has_logits_to_keep = _forward_kwargs(model)
-        self.config = _unwrap(model).config
-        self._set_adapter_inference_mode = adapter is not None and _accepts(
+        self.cache_kw = cache_keyword(model)
+        self.has_logits_to_keep = accepts(unwrap_peft(model).forward, "logits_to_keep")
+        self.config = unwrap_peft(model).config
+        self._set_adapter_inference_mode = adapter is not None and accepts(
             model.set_adapter, "inference_mode"
         )
 
@@ -274,13 +229,6 @@ class _Expert:
         return out.logits[:, -1, :]
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class EnsembleDecoder:
     """Greedy token-level weighted ensemble of K causal LMs sharing one tokenizer.
 
@@ -291,18 +239,9 @@ class EnsembleDecoder:
     first expert's input device. ``progress``: show a tqdm bar over batches.
     """
 
-    def __init__(
-        self,
-        models: Sequence[torch.nn.Module],
-        alphas: Sequence[float],
-        tokenizer: Any,
-        combine: str = "prob",
-        *,
-        batch_size: int = 16,
-        device: str | torch.device | None = None,
-        progress: bool = False,
-        _adapter_names: Sequence[str] | None = None,
-    ):
+    def __init__(self, models: Sequence[torch.nn.Module], alphas: Sequence[float], tokenizer: Any,
+                 combine: str = "prob", *, batch_size: int = 16, device: str | torch.device | None = None,
+                 progress: bool = False, _adapter_names: Sequence[str] | None = None):
         models = list(models)
         if not models:
             raise ValueError("an ensemble needs at least one model")
@@ -316,7 +255,7 @@ class EnsembleDecoder:
         self.vocab_size = check_same_vocab(models)
 
         for m in {id(m): m for m in models}.values():
-            if device is not None and not getattr(_unwrap(m), "hf_device_map", None):
+            if device is not None and not getattr(unwrap_peft(m), "hf_device_map", None):
                 m.to(device)
             m.eval()
         adapters = list(_adapter_names) if _adapter_names is not None else [None] * len(models)
@@ -333,19 +272,10 @@ class EnsembleDecoder:
     # -- LoRA experts sharing one base ------------------------------------------------------------------------
 
     @classmethod
-    def from_lora_adapters(
-        cls,
-        base_model: torch.nn.Module,
-        adapter_dirs: Sequence[str | os.PathLike],
-        alphas: Sequence[float],
-        tokenizer: Any,
-        combine: str = "prob",
-        *,
-        batch_size: int = 16,
-        device: str | torch.device | None = None,
-        progress: bool = False,
-        adapter_names: Sequence[str] | None = None,
-    ) -> EnsembleDecoder:
+    def from_lora_adapters(cls, base_model: torch.nn.Module, adapter_dirs: Sequence[str | os.PathLike],
+                           alphas: Sequence[float], tokenizer: Any, combine: str = "prob", *, batch_size: int = 16,
+                           device: str | torch.device | None = None, progress: bool = False,
+                           adapter_names: Sequence[str] | None = None) -> EnsembleDecoder:
         """K LoRA experts of one base model: one ``PeftModel`` with K named adapters, base weights once.
 
         ``base_model`` is wrapped in place (peft injects the LoRA layers into it); do not reuse it as a plain
@@ -536,6 +466,5 @@ __all__ = [
     "check_same_vocab",
     "eos_token_ids",
     "mixture_next_token_scores",
-    "normalise_alphas",
     "reference_generate_ids",
 ]

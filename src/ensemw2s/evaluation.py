@@ -8,13 +8,14 @@ is scored without another model pass.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from ensemw2s.boosting import normalise_alphas
 from ensemw2s.data import format_prompt, match_choice
+from ensemw2s.stats import paired_test
 from ensemw2s.training import Encoded, encode_pair, teacher_forced
 
 MODELS = ("weak_single", "ensemble", "ensemble_uniform", "student_single", "student_ensemble", "ceiling")
@@ -32,10 +33,11 @@ def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_le
     """
     import torch
 
-    from ensemw2s.training import _inner, pad_batch
+    from ensemw2s.modeling import cache_keyword, decoder_parts
+    from ensemw2s.training import pad_batch
 
     dev = next(model.parameters()).device
-    trunk, head, cap = _inner(model)
+    trunk, head, cap = decoder_parts(model)
     out: dict = {}
     order = sorted(range(len(rows)), key=lambda i: len(format_prompt(rows[i])))
     with torch.inference_mode():
@@ -62,7 +64,7 @@ def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_le
             mask = torch.cat([p_mask[rep], o_mask], dim=1)
             o_pos = p_mask[rep].sum(-1, keepdim=True) + torch.arange(o_ids.shape[1], device=dev)[None]
             h = trunk(input_ids=o_ids, attention_mask=mask, position_ids=o_pos, use_cache=True,
-                      **{_cache_keyword(trunk): cache}).last_hidden_state
+                      **{cache_keyword(trunk): cache}).last_hidden_state
             # token j of an option is predicted by the hidden state before it: the prompt's last, then option j-1
             hs = torch.cat([last_h[rep][:, None], h[:, :-1]], dim=1)
             logits = head(hs[o_mask.bool()]).float()
@@ -75,13 +77,6 @@ def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_le
                 out.setdefault(rid, [None] * len(batch[qi]["choices"]))[k] = lp[pos: pos + len(opt)]
                 pos += len(opt)
     return out
-
-
-def _cache_keyword(module) -> str:
-    """transformers 5.x renamed ``past_key_values`` to ``cache`` in some forwards; use what this one takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def _repeat_cache(cache, index) -> None:
@@ -121,15 +116,8 @@ def mixture_choice(per_expert: Sequence[Sequence[Sequence[float]]], weights: Seq
     return int(np.argmax(scores))
 
 
-def normalised_weights(alphas: Sequence[float]) -> list[float]:
-    a = np.asarray(alphas, dtype=np.float64)
-    if a.size == 0 or np.any(a <= 0):
-        raise ValueError(f"ensemble weights must be positive, got {list(alphas)}")
-    return (a / a.sum()).tolist()
-
-
 def loglik_predictions(rows, lp_by_expert: Sequence[dict], alphas, model_name: str, split: str) -> list[dict]:
-    w = normalised_weights(alphas)
+    w = normalise_alphas(alphas)
     preds = []
     for r in rows:
         k = mixture_choice([lp[r["id"]] for lp in lp_by_expert], w)
@@ -177,43 +165,12 @@ def accuracy(preds: Sequence[dict]) -> float:
     return float(np.mean([p["correct"] for p in preds]))
 
 
-def std_error(acc: float, n: int) -> float:
-    return math.sqrt(max(acc * (1 - acc), 1e-12) / max(n, 1))
-
-
-# --------------------------------------------------------------------------- statistics
-
-
 def pgr(acc_student: float, acc_weak: float, acc_ceiling: float) -> Optional[float]:
     """Performance gap recovered; None when the ceiling is not above the weak model (undefined)."""
     gap = acc_ceiling - acc_weak
     if gap <= 0:
         return None
     return (acc_student - acc_weak) / gap
-
-
-def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean of a - b over the same questions with a 95 % percentile bootstrap interval."""
-    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if x.size == 0:
-        raise ValueError("paired_bootstrap: no paired questions")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    means = x[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"diff": float(x.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(x.size)}
-
-
-def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
-    """Exact two-sided McNemar p-value (binomial on the discordant pairs)."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    n01, n10 = int(np.sum(~a & b)), int(np.sum(a & ~b))
-    n = n01 + n10
-    if n == 0:
-        return 1.0
-    k = min(n01, n10)
-    p = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return float(min(1.0, 2 * p))
 
 
 def paired(preds: Sequence[dict], model_a: str, model_b: str, split: str, method: str) -> Optional[dict]:
@@ -224,8 +181,7 @@ def paired(preds: Sequence[dict], model_a: str, model_b: str, split: str, method
     ids = sorted(set(pa) & set(pb))
     if not ids:
         return None
-    a, b = [pa[i] for i in ids], [pb[i] for i in ids]
-    return {**paired_bootstrap(a, b), "mcnemar_p": mcnemar_p(a, b)}
+    return paired_test([pa[i] for i in ids], [pb[i] for i in ids])
 
 
 # --------------------------------------------------------------------------- metrics + report
@@ -314,35 +270,6 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
     if plot_name:
         lines += ["", f"![accuracy by round]({plot_name})"]
     return "\n".join(lines) + "\n"
-
-
-def plot_by_round(metrics: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    for tag, color in (("id", "tab:blue"), ("ood", "tab:orange")):
-        ys = metrics.get(f"ensemble_acc_{tag}_by_round") or []
-        xs = [i + 1 for i, y in enumerate(ys) if y is not None]
-        ys = [y for y in ys if y is not None]
-        n = metrics.get(f"n_{tag}") or 1
-        if ys:
-            ax.errorbar(xs, ys, yerr=[1.96 * std_error(y, n) for y in ys], marker="o", color=color,
-                        capsize=3, label=f"ensemble ({tag.upper()})")
-        single = metrics.get(f"weak_single_acc_{tag}_ll")
-        if single is not None:
-            ax.axhline(single, color=color, linestyle="--", linewidth=1, label=f"single expert ({tag.upper()})")
-    rounds = len(metrics.get("ensemble_acc_ood_by_round") or []) or 1
-    ax.set_xticks(range(1, rounds + 1))
-    ax.set_xlabel("rounds in the ensemble (T)")
-    ax.set_ylabel("accuracy (option log-lik.)")
-    ax.set_title("EnsemW2S ensemble accuracy by round")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def write_json(path: Path, obj) -> None:

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ensemw2s.errors import S3ServerError
+
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
 CREDENTIALS_FILE = "credentials.json"
@@ -50,10 +52,6 @@ _SCRUB_ENV = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "S3_BUCKET", "S3_TABLE_BUCKET",
     "S3_EXTERNAL_URL", "WEED_CLUSTER_DEFAULT", "AWS_DEFAULT_REGION", "AWS_REGION",
 )
-
-
-class S3ServerError(RuntimeError):
-    """The embedded server could not be found, started or stopped; the message says why."""
 
 
 @dataclass

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -33,25 +32,14 @@ from typing import Any, BinaryIO, Optional
 from urllib.parse import urlparse
 
 from ensemw2s.config import StorageConfig
+from ensemw2s.digests import HASHES, MiB, file_digests
+from ensemw2s.errors import CorruptArtifactError, MissingObjectError, StorageError
 
-MiB = 1024 * 1024
 MANIFEST = "manifest.json"
 FILES = "files"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DELETE_BATCH = 1000
-
-
-class StorageError(RuntimeError):
-    """An object-storage problem, in one line naming the endpoint / bucket / URI and the cause."""
-
-
-class MissingObjectError(StorageError):
-    """The object (or an artifact's manifest) does not exist."""
-
-
-class CorruptArtifactError(StorageError):
-    """A manifest is malformed, or a downloaded file does not match its manifest's checksum."""
 
 
 def validate_name(kind: str, value: str) -> str:
@@ -73,40 +61,6 @@ def _validate_relpath(kind: str, value: str) -> str:
     if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise StorageError(f"invalid {kind} {value!r}: must be a relative path without empty, '.' or '..' parts")
     return value
-
-
-class _Crc32c:
-    """CRC32C (Castagnoli) with hashlib's ``update``/``hexdigest`` interface (google-crc32c, C/SSE4.2)."""
-
-    def __init__(self):
-        import google_crc32c
-
-        self._c = google_crc32c.Checksum()
-
-    def update(self, data) -> None:
-        self._c.update(data)
-
-    def hexdigest(self) -> str:
-        return self._c.hexdigest().decode()
-
-
-HASHES = {"sha256": hashlib.sha256, "crc32c": _Crc32c}
-
-
-def file_digests(path: str | os.PathLike, algos: tuple[str, ...] = ("sha256",), *,
-                 chunk_size: int = MiB) -> dict[str, str]:
-    """``{algo: hex digest}`` of a file for each of ``algos``, in one read (constant memory)."""
-    hs = {a: HASHES[a]() for a in algos}
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            for h in hs.values():
-                h.update(chunk)
-    return {a: h.hexdigest() for a, h in hs.items()}
-
-
-def sha256_file(path: str | os.PathLike, *, chunk_size: int = MiB) -> str:
-    """Hex sha256 of a file, read in chunks (constant memory)."""
-    return file_digests(path, ("sha256",), chunk_size=chunk_size)["sha256"]
 
 
 def _embedded_hint() -> str:
@@ -145,6 +99,22 @@ def resolve_credentials(cfg: StorageConfig) -> tuple[str, str | None, str | None
         raise StorageError(f"no object storage configured and the embedded S3 server is not running: "
                            f"{_embedded_hint()}")
     return info.endpoint, info.access_key, info.secret_key, cfg.region
+
+
+def storage_env(cfg: StorageConfig, *, start_embedded: bool = True) -> dict:
+    """Point this process (and the step subprocesses it starts) at the object store of ``cfg``; start the
+    embedded SeaweedFS server when no endpoint is configured. Returns a description (no secrets)."""
+    if cfg.endpoint or os.environ.get("S3_ENDPOINT_URL"):
+        return {"endpoint": cfg.endpoint or os.environ["S3_ENDPOINT_URL"], "embedded": False}
+    from ensemw2s import s3server
+
+    info = s3server.ensure_running() if start_embedded else s3server.status()
+    if info is None:
+        raise StorageError(f"no S3 endpoint configured and the embedded server is not running: {_embedded_hint()}")
+    os.environ["S3_ENDPOINT_URL"] = info.endpoint
+    os.environ["AWS_ACCESS_KEY_ID"] = info.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = info.secret_key
+    return {"endpoint": info.endpoint, "embedded": True}
 
 
 def _utcnow() -> str:

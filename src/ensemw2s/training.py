@@ -1,4 +1,4 @@
-"""Models: loading, tokenising question/answer pairs, SFT with per-token loss weights, teacher-forced passes.
+"""Training: tokenising question/answer pairs, SFT with per-token loss weights, teacher-forced passes.
 
 Training uses the HF ``Trainer`` with one override: the loss is a per-token weighted cross-entropy on the
 answer tokens only, and the LM head is applied only at those positions (Gemma's vocabulary has 262k entries;
@@ -7,7 +7,6 @@ projecting every prompt position would dominate the step time).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -19,128 +18,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ensemw2s.data import format_prompt, format_target
+from ensemw2s.errors import ModelError
+from ensemw2s.modeling import decoder_parts, load_causal_lm, save_model
 
 log = logging.getLogger(__name__)
-
-MODEL_INFO_FILE = "ensemw2s_model.json"
-
-
-class ModelError(RuntimeError):
-    """A model folder or name the user must fix; the message names it."""
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _check_weights_folder(path: Path) -> None:
-    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise ModelError(f"model folder {path} has no config.json (not a Hugging Face model folder)")
-    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
-    if not weights:
-        raise ModelError(f"model folder {path} has no weights (*.safetensors)")
-    if not list(path.glob("*.safetensors")):
-        # never unpickle: *.bin files are pickles and can run code on load
-        raise ModelError(f"model folder {path} holds only pickled weights (*.bin); only safetensors are loaded")
-    for f in path.glob("*.safetensors"):
-        _check_safetensors(f)
-
-
-def _check_safetensors(path: Path) -> None:
-    """Cheap header check so a corrupt or truncated file is named before a long load."""
-    import struct
-
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise ModelError(f"corrupt safetensors file {path}: shorter than its 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        if n <= 0 or 8 + n > size:
-            raise ModelError(f"corrupt safetensors file {path}: header length {n} exceeds file size {size}")
-        try:
-            header = json.loads(fh.read(n))
-        except ValueError:
-            raise ModelError(f"corrupt safetensors file {path}: header is not JSON (is it a pickle?)") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise ModelError(f"corrupt safetensors file {path}: truncated ({size} bytes, needs {8 + n + end})")
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Registry name / local folder / s3:// folder / hub id -> something ``from_pretrained`` loads."""
-    if name_or_path.startswith("s3://"):
-        from ensemw2s import storage
-
-        return str(storage.fetch_uri_folder(name_or_path))
-    from ensemw2s import assets
-
-    return assets.resolve_model(name_or_path)
-
-
-def torch_device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def load_causal_lm(name_or_path: str, *, adapter: Optional[str] = None, dtype=None):
-    """Load (model, tokenizer). ``adapter``: a LoRA adapter folder applied on top (kept unmerged)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    path = resolve_model_path(name_or_path)
-    if Path(path).is_dir():
-        _check_weights_folder(Path(path))
-    dev = torch_device()
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager"
-                                                 if dev.type == "cpu" else "sdpa")
-    tok = load_tokenizer(path)
-    if adapter:
-        from peft import PeftModel
-
-        _check_weights_folder(Path(adapter))
-        model = PeftModel.from_pretrained(model, adapter)
-    model.to(dev)
-    model.eval()
-    return model, tok
-
-
-def save_model(model, tokenizer, out: Path, *, base_model: str, lora: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    (out / MODEL_INFO_FILE).write_text(json.dumps({"base_model": base_model, "lora": lora}, indent=1))
-
-
-def load_saved(folder: str | Path, *, dtype=None):
-    """Load a model saved by :func:`save_model` (a full model, or a LoRA adapter on its base)."""
-    folder = Path(folder)
-    info_file = folder / MODEL_INFO_FILE
-    if not info_file.is_file():
-        raise ModelError(f"{folder} is not a saved ensemw2s model (no {MODEL_INFO_FILE})")
-    info = json.loads(info_file.read_text())
-    if info["lora"]:
-        return load_causal_lm(info["base_model"], adapter=str(folder), dtype=dtype)
-    return load_causal_lm(str(folder), dtype=dtype)
-
-
-def tokenizer_signature(tok) -> str:
-    """A fingerprint of a tokenizer's vocabulary: experts must share one tokenizer."""
-    import hashlib
-
-    vocab = tok.get_vocab()
-    items = sorted(vocab.items(), key=lambda kv: kv[1])
-    return hashlib.sha1(json.dumps(items[:5000] + [len(vocab)]).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- encoding
@@ -199,22 +80,11 @@ def pad_batch(seqs: Sequence[list], pad_id: int, *, left: bool = False):
 # --------------------------------------------------------------------------- answer-position logits
 
 
-def _inner(model):
-    """(decoder trunk, lm_head, softcap) of a causal LM, through a peft wrapper if present."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    trunk = getattr(base, "model", None)
-    head = base.get_output_embeddings()
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    if trunk is None or head is None:
-        raise ModelError(f"unsupported model class {type(base).__name__}: no .model trunk / output embeddings")
-    return trunk, head, cap
-
-
 def logits_at(model, input_ids, attention_mask, positions):
     """Logits predicting the token at each (row, col) in ``positions`` (a bool mask over input_ids)."""
     import torch
 
-    trunk, head, cap = _inner(model)
+    trunk, head, cap = decoder_parts(model)
     pos = torch.cumsum(attention_mask, -1) - 1
     pos = pos.clamp_min(0)
     hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).last_hidden_state

@@ -108,7 +108,7 @@ def test_unknown_run_says_so(tiny_run, s3_env):
 
 
 def test_docker_without_an_engine_is_a_clear_error(tiny_run, s3_env):
-    from ensemw2s.cluster import docker_available
+    from ensemw2s.rerun import docker_available
 
     if docker_available()[0]:
         pytest.skip("a Docker engine is reachable here; this test is about its absence")
@@ -120,7 +120,7 @@ def test_docker_without_an_engine_is_a_clear_error(tiny_run, s3_env):
 
 
 def test_docker_command_passes_secrets_by_name_only(monkeypatch):
-    from ensemw2s.cluster import docker_command
+    from ensemw2s.rerun import docker_command
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "docker-sentinel-secret")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIADOCKERSENTINEL")
@@ -140,11 +140,10 @@ def test_docker_command_passes_secrets_by_name_only(monkeypatch):
 
 
 def test_every_step_maps_to_a_module_and_flags():
-    from ensemw2s.cluster import step_command, step_specs
-    from ensemw2s.config import load_config
+    from ensemw2s.rerun import step_command
+    from ensemw2s.steps.keys import run_steps
 
-    cfg = load_config(None, ["boosting.rounds=2"])
-    specs = step_specs(cfg)
+    specs = run_steps(2)
     assert list(specs) == [
         "split_data", "train_expert-r1", "update_weights-r1", "train_expert-r2", "update_weights-r2",
         "pseudo_label-ensemble", "train_student-ensemble", "pseudo_label-single", "train_student-single",

@@ -63,8 +63,8 @@ def test_submit_sends_the_pipeline_with_run_id_and_no_secrets(repo_root, kfp_ser
     assert exp["display_name"] == "exp-a"
     spec = body["pipeline_spec"]["pipeline_spec"]
     tasks = _tasks(spec)
-    experts = sorted(t for t in tasks if t.startswith("train-expert"))
-    assert experts == [f"train-expert-r{t}" for t in (1, 2, 3)]
+    experts = sorted(t for t in tasks if t.startswith("train_expert"))
+    assert experts == [f"train_expert-r{t}" for t in (1, 2, 3)]
     assert "run_id" in spec["root"]["inputDefinitions"]["parameters"]
     platform = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
     platform = platform["deploymentSpec"]["executors"]
@@ -127,7 +127,7 @@ def test_schedule_sends_a_six_field_cron_and_the_pipeline(repo_root, kfp_server,
     assert body["runtime_config"]["parameters"] == {"run_id": ""}
     spec = body["pipeline_spec"]["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "ensemw2s-ablations"
-    assert len([t for t in _tasks(spec) if t.startswith("train-expert")]) == 6 * 2 * 1  # 6 points x 2 rounds
+    assert len([t for t in _tasks(spec) if t.startswith("train_expert")]) == 6 * 2 * 1  # 6 points x 2 rounds
     _no_secrets(kfp_server, SENTINELS.values())
     assert "'0 0 3 * * *'" in out
 
@@ -138,7 +138,7 @@ def test_schedule_main_makes_a_new_run_id_per_firing(repo_root, kfp_server, no_s
     (create,) = kfp_server.calls("POST", r"/apis/v2beta1/recurringruns")
     spec = create.json["pipeline_spec"]["pipeline_spec"]
     tasks = _tasks(spec)
-    assert "prepare-run" in tasks and tasks.count("train-expert-r1") == 1
+    assert "prepare-run" in tasks and tasks.count("train_expert-r1") == 1
     assert "{{$.pipeline_job_uuid}}" in json.dumps(spec)
 
 
@@ -200,7 +200,7 @@ def test_bad_config_exits_2_before_any_request(tmp_path, kfp_server, no_s3, caps
 
 
 def _ablation(repo_root, *overrides):
-    from ensemw2s.steps.compare import load_ablation
+    from ensemw2s.ablation import load_ablation
 
     return load_ablation(repo_root / "configs/ablations.yaml", list(overrides))
 
@@ -228,7 +228,7 @@ def test_ablation_pipeline_structure(repo_root, tmp_path):
     rounds = {}
     for t in subs.values():
         sub = spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]
-        rounds[t["taskInfo"]["name"]] = sum(s["taskInfo"]["name"].startswith("train-expert")
+        rounds[t["taskInfo"]["name"]] = sum(s["taskInfo"]["name"].startswith("train_expert")
                                             for s in sub.values())
     assert sorted(rounds.values()) == [1, 1, 2, 2]
     assert loop["dependentTasks"] == ["plan"]  # the plan (child configs stored) first...
@@ -239,8 +239,8 @@ def test_ablation_pipeline_structure(repo_root, tmp_path):
 
 
 def test_ablation_config_errors(repo_root, tmp_path):
+    from ensemw2s.ablation import ablation_from_dict
     from ensemw2s.config import ConfigError
-    from ensemw2s.steps.compare import ablation_from_dict
 
     cases = [({"base": {}, "grids": {}}, "unknown key(s) 'grids'"),
              ({"grid": {"boosting": [1]}}, "is a section"),
@@ -263,7 +263,7 @@ def test_ablation_config_errors(repo_root, tmp_path):
 
 
 def test_base_run_id_is_the_same_in_every_task():
-    from ensemw2s.steps.compare import resolve_base_run_id
+    from ensemw2s.ablation import resolve_base_run_id
 
     assert resolve_base_run_id("given-1", "job") == "given-1"
     job = "1234abcd-56ef-7890-abcd-ef0123456789"
@@ -272,7 +272,8 @@ def test_base_run_id_is_the_same_in_every_task():
 
 
 def test_compare_table_from_fake_metrics(tmp_path):
-    from ensemw2s.steps.compare import METRICS, ablation_from_dict, child_runs, write_outputs
+    from ensemw2s.ablation import ablation_from_dict, child_runs
+    from ensemw2s.steps.compare import METRICS, write_outputs
 
     ab = ablation_from_dict({"grid": {"boosting.alpha_rule": ["prior", "samme"]}, "seeds": [0, 1, 2]})
     runs = child_runs(ab.plan(), "abl-base")
@@ -300,11 +301,12 @@ def test_compare_table_from_fake_metrics(tmp_path):
 
 @pytest.mark.s3
 def test_compare_step_reads_reports_from_storage(store, tmp_path):
+    from ensemw2s import ablation
     from ensemw2s.steps import compare
 
-    ab = compare.ablation_from_dict({"grid": {"boosting.rounds": [1, 2]}, "seeds": [0, 1],
-                                     "base": {"storage": {"bucket": store.bucket}}})
-    runs = compare.write_plan(ab.plan(), "abl-s3", None, ab.base.storage)
+    ab = ablation.ablation_from_dict({"grid": {"boosting.rounds": [1, 2]}, "seeds": [0, 1],
+                                      "base": {"storage": {"bucket": store.bucket}}})
+    runs = ablation.write_plan(ab.plan(), "abl-s3", None, ab.base.storage)
     assert store.get_json(runs[1]["run_id"], "run-summary", "config.json")["seed"] == 1
     for i, r in enumerate(runs[:3]):  # the last run never reported
         d = tmp_path / r["run_id"]

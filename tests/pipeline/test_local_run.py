@@ -10,6 +10,8 @@ import time
 import pytest
 from s3_fixtures import unique_bucket
 
+from ensemw2s.steps import keys
+
 pytestmark = pytest.mark.s3
 
 METRIC_KEYS = ("weak_single_acc_id", "weak_single_acc_ood", "ensemble_acc_id", "ensemble_acc_ood",
@@ -52,11 +54,8 @@ def test_full_pipeline_and_resume(repo_root, tiny_assets, s3_env, tmp_path, buck
     assert "EnsemW2S ensemble" in res.stdout and "orchestration" in res.stdout
     st = _store(bucket)
     steps = set(st.list_steps("full"))
-    expected = {"split_data", "train_expert-r1", "update_weights-r1", "train_expert-r2", "update_weights-r2",
-                "pseudo_label-ensemble", "pseudo_label-single", "pseudo_label-gold", "train_student-ensemble",
-                "train_student-single", "train_student-gold", "evaluate-experts", "evaluate-student-single",
-                "evaluate-student-ensemble", "evaluate-student-gold", "report"}
-    assert expected <= steps, expected - steps
+    expected = set(keys.run_steps(2))  # the one table of step keys: every step stored under its key
+    assert steps == expected | {keys.RUN_SUMMARY}, steps ^ (expected | {keys.RUN_SUMMARY})
     for step in expected:
         for output in st.list_outputs("full", step):
             if output.endswith(".json"):
@@ -65,7 +64,11 @@ def test_full_pipeline_and_resume(repo_root, tiny_assets, s3_env, tmp_path, buck
             man = st.get_manifest("full", step, output)
             assert man["producer"] == step and man["config_hash"] and man["files"]
             assert all(len(f["sha256"]) == 64 and f["size"] >= 0 for f in man["files"])
-    full = st.get_manifest("full", "report", "report")
+    report_files = {f["path"] for f in st.get_manifest("full", "report", "report")["files"]}
+    assert {"metrics.json", "report.md", "report.html"} <= report_files, report_files
+    # the run summary records the machine it ran on, read from the machine (not assumed)
+    machine = st.get_json("full", keys.RUN_SUMMARY, "summary.json")["machine"]
+    assert machine["cpu_count"] == os.cpu_count() and machine["gpu"] is None and machine["torch"]
     metrics = _metrics(st, "full", tmp_path / "m1")
     for k in METRIC_KEYS:
         assert k in metrics, k
@@ -101,7 +104,6 @@ def test_full_pipeline_and_resume(repo_root, tiny_assets, s3_env, tmp_path, buck
         if k == "run_id":
             continue
         assert resumed[k] == metrics[k], k
-    assert full  # manifest of the first run's report exists
 
 
 def _metrics(st, run_id, dest):

@@ -3,6 +3,7 @@ import json
 
 from ensemw2s.steps import (
     evaluate,
+    keys,
     pseudo_label,
     report,
     split_data,
@@ -44,7 +45,7 @@ def test_steps_in_order(repo_root, tiny_assets, tmp_path):
     assert evaluate.main(cfg + ["--target", "experts", "--splits", str(d / "splits"), "--state",
                                 str(d / f"state{rounds}"), "--out", str(d / "eval-experts")]) == 0
     args = cfg + ["--out", str(d / "report")]
-    for t in evaluate.TARGETS:
+    for t in keys.EVAL_TARGETS:
         args += [f"--eval-{t}", str(d / f"eval-{t}")]
     assert report.main(args) == 0
     metrics = json.loads((d / "report" / "metrics.json").read_text())
@@ -63,9 +64,10 @@ def test_steps_in_order(repo_root, tiny_assets, tmp_path):
 def _check_options_val_labels(cfg, d, rounds):
     """Option-scored ensemble labels with T chosen on easy_val (each expert loaded once for both) equal the
     labels recomputed here the plain way: every expert scored on easy_val, T chosen, then the alpha-mixture."""
+    from ensemw2s.boosting import normalise_alphas
     from ensemw2s.data import read_jsonl
-    from ensemw2s.evaluation import mixture_choice, normalised_weights, option_logprobs, select_rounds
-    from ensemw2s.training import load_saved
+    from ensemw2s.evaluation import mixture_choice, option_logprobs, select_rounds
+    from ensemw2s.modeling import load_saved
 
     out = d / "labels-ensemble-val"
     assert pseudo_label.main(cfg + ["--set", "ensemble.pseudo_label_mode=options", "--set",
@@ -83,7 +85,7 @@ def _check_options_val_labels(cfg, d, rounds):
         lp_pool[e["round"]] = option_logprobs(model, tok, pool, batch_size=4)
     t, _ = select_rounds(val, lp_val, active)
     chosen = [e for e in active if e["round"] <= t]
-    w = normalised_weights([e["alpha"] for e in chosen])
+    w = normalise_alphas([e["alpha"] for e in chosen])
     want = [r["choices"][mixture_choice([lp_pool[e["round"]][r["id"]] for e in chosen], w)] for r in pool]
     assert [g["id"] for g in got] == [r["id"] for r in pool]
     assert [g["pseudo_answer"] for g in got] == want

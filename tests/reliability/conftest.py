@@ -260,7 +260,7 @@ def disturbed_run(tmp_path_factory, tiny_assets) -> Run:
     rest are not complete. ``notes`` records what the tests assert on.
     """
     from ensemw2s import s3server
-    from ensemw2s.steps._io import LOCAL_MARK
+    from ensemw2s.steps.stepio import LOCAL_MARK
 
     home = tmp_path_factory.mktemp("s3fault")
     logs = tmp_path_factory.mktemp("disturbed-logs")

@@ -26,9 +26,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
-#: generous bound for "fails before any expensive work" on a loaded 2-core machine (a tiny run takes ~90 s,
-#: loading a real model or starting SeaweedFS several seconds; a config error takes well under one)
-FAST_S = 45.0
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -149,7 +146,7 @@ def without(r: dict, key: str) -> dict:
 
 def load_model_of(folder_fn: Callable[[Ctx], Path]) -> Callable[[Ctx], object]:
     def call(ctx):
-        from ensemw2s.training import load_causal_lm
+        from ensemw2s.modeling import load_causal_lm
 
         return load_causal_lm(str(folder_fn(ctx)))
 
@@ -188,8 +185,8 @@ def jsonl_dataset(rows_fn: Callable[[Ctx], Path], **cfg) -> Callable[[Ctx], obje
     """Load rows through the ``jsonl`` dataset (``data.easy: jsonl``, ``data.jsonl_path``)."""
 
     def call(ctx):
+        from ensemw2s.assets import load_side
         from ensemw2s.config import DataConfig
-        from ensemw2s.data import load_side
 
         return load_side(DataConfig(easy="jsonl", hard="jsonl", jsonl_path=str(rows_fn(ctx)), **cfg), "easy")
 
@@ -197,8 +194,9 @@ def jsonl_dataset(rows_fn: Callable[[Ctx], Path], **cfg) -> Callable[[Ctx], obje
 
 
 def empty_split(ctx: Ctx) -> object:
+    from ensemw2s.assets import load_side
     from ensemw2s.config import DataConfig
-    from ensemw2s.data import load_side, split_rows
+    from ensemw2s.data import split_rows
 
     cfg = DataConfig(
         easy="jsonl",
@@ -294,7 +292,7 @@ def expert_inputs(ctx: Ctx, weak_model: str, tokenizer_signature: str) -> tuple[
 
 
 def smollm2_signature() -> str:
-    from ensemw2s.training import load_tokenizer, tokenizer_signature
+    from ensemw2s.modeling import load_tokenizer, tokenizer_signature
 
     return tokenizer_signature(load_tokenizer(str(tiny_model_dir())))
 
@@ -564,13 +562,13 @@ CASES: list[Case] = [
     # ---------------------------------------------------------------- cluster
     Case("config-bad-prompt", "unknown prompt form (`data.prompt=letters`)",
          run_set("data.prompt=letters"), 2, ("data.prompt", "'letters'", "allowed values: mc, rc")),
-    Case("bench-unknown-setting", "`ensemw2s bench settings --settings nope`",
-         cli("bench", "settings", "--settings", "nope", "--config", TINY), 2,
-         ("unknown setting(s) nope", "allowed values", "arc_easy-sciq", "mmlu-level")),
-    Case("bench-ablation-bad-key", "an ablations file entry with a misspelt key (`override:`)",
-         cli("bench", "science", "--config", TINY, "--ablations",
-             lambda ctx: ctx.write("abl.yaml", "ablations:\n  - {name: x, override: [a=1]}\n")), 2,
-         ("abl.yaml", "ablations[0]", "allowed keys are name, overrides")),
+    Case("bench-unknown-setting", "`python -m benchmarks.science settings --settings nope`",
+         lambda ctx: _proc(ctx, "benchmarks.science", ["settings", "--settings", "nope", "--config", TINY]), 2,
+         ("--settings: unknown setting(s) nope", "allowed values", "arc_easy-sciq", "mmlu-level")),
+    Case("bench-ablation-bad-key", "a `--ablations` file with a misspelt key (`grids:`)",
+         lambda ctx: _proc(ctx, "benchmarks.science", ["science", "--config", TINY, "--ablations", ctx.write(
+             "abl.yaml", f"base: {TINY}\ngrids:\n  boosting.rounds: [1]\n")]), 2,
+         ("abl.yaml", "unknown key(s) 'grids'", "allowed keys: base, grid, seeds, parallelism, fork_from")),
     Case("run-fork-missing-source", "`ensemw2s run --from-run <a run id with nothing stored>`",
          cli("run", "--config", TINY, "--from-run", "no-such-run", "--run-id", "fork-x", s3=True, isolated=False), 1,
          ("missing run", "no-such-run", "s3://"), s3=True, no_trace=False),
@@ -600,7 +598,7 @@ def test_bad_input(case: Case, tmp_path, request):
         store = request.getfixturevalue("store")
     ctx = Ctx(tmp_path, s3, store)
     out = case.run(ctx)
-    print(f"{case.id} -> exit {out.code}: {out.message}")  # shown with -s (docs/errors.md) or on failure
+    print(f"{case.id} -> exit {out.code} in {out.seconds:.1f} s: {out.message}")  # shown with -s (docs/errors.md) or on failure
     if case.code is None:
         assert out.exc is not None, f"{case.id}: no exception raised"
         names = {k.__name__ for k in type(out.exc).__mro__}
@@ -615,7 +613,7 @@ def test_bad_input(case: Case, tmp_path, request):
         assert "Traceback" not in out.output, (
             f"{case.id}: a traceback instead of a message\n{out.output[-3000:]}"
         )
-        assert out.seconds < FAST_S, f"{case.id}: took {out.seconds:.1f} s: expensive work before the check?"
+        # "before any compute" is checked by what did not happen (no server, no pipeline), not by a clock
         if case.no_trace and ctx.home.exists():  # isolated home: no embedded server, no pipeline started
             assert not (ctx.home / "s3").exists(), f"{case.id}: the embedded S3 server was started"
             assert not (ctx.home / "kfp-local").exists(), f"{case.id}: the pipeline was started"

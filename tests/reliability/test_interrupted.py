@@ -17,7 +17,7 @@ def test_sigterm_stops_the_whole_run(disturbed_run):
 
 
 def test_nothing_half_written_is_complete(disturbed_run, tmp_path):
-    from ensemw2s.storage import sha256_file
+    from ensemw2s.digests import sha256_file
 
     complete = set(disturbed_run.notes["term_check"]["complete"])
     assert "train_expert-r2/expert" not in complete

@@ -1,13 +1,18 @@
-"""`bench settings` and `bench science` end to end on the tiny models, against the real SeaweedFS server; and the
-two mechanisms they rely on: forking a run (server-side copy) and input checksums in each step's resume key."""
+"""The results tooling (`python -m benchmarks.science settings` and `... science`) end to end on the tiny models,
+against the real SeaweedFS server; and the two mechanisms it relies on: forking a run (server-side copy) and
+input checksums in each step's resume key."""
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 from s3_fixtures import unique_bucket
 
 from ensemw2s import storage
 from ensemw2s.config import load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ is not installed: the checkout's
 
 pytestmark = pytest.mark.s3
 
@@ -38,7 +43,7 @@ def test_copy_run_copies_complete_artifacts_and_marks_the_fork(store, tmp_path):
 
 def test_resume_key_changes_when_an_input_changes(store, tmp_path, monkeypatch):
     from ensemw2s.config import StorageConfig
-    from ensemw2s.steps._io import StepIO
+    from ensemw2s.steps.stepio import StepIO
 
     cfg = StorageConfig(bucket=store.bucket)
     store.put_dir(_tree(tmp_path / "u1", {"labels.jsonl": b"v1"}), "r", "up", "labels", producer="up",
@@ -54,57 +59,68 @@ def test_resume_key_changes_when_an_input_changes(store, tmp_path, monkeypatch):
 
 
 def test_bench_settings_on_tiny_models(repo_root, tiny_assets, tmp_path):
-    from ensemw2s import science
+    from benchmarks.science.prestudy import prestudy
 
     out = tmp_path / "prestudy.json"
-    book = science.prestudy(str(repo_root / "configs/tiny.yaml"), ["arc_easy-sciq"], overrides=[],
-                            variant="tiny", out=out, work=tmp_path / "work")
+    book = prestudy(str(repo_root / "configs/tiny.yaml"), ["arc_easy-sciq"], overrides=[], variant="tiny", out=out,
+                    work=tmp_path / "work")
     e = book["entries"]["arc_easy-sciq|tiny"]
     n = e["n_ood"]
     assert n == 12 and e["ids"] and len(e["correct"]["ceiling"]) == n
     assert set(e["acc"]) == {"weak_zeroshot", "weak_r1", "strong_zeroshot", "ceiling"}
     assert isinstance(e["qualifies"], bool) and e["chance"] == pytest.approx(0.25)
     assert e["acc"]["weak_r1"] == pytest.approx(sum(e["correct"]["weak_r1"]) / n)
+    assert e["machine"]["cpu_count"] >= 1  # the page states the machine from this record
     # a second call with the same config keeps the entry instead of recomputing it
-    again = science.prestudy(str(repo_root / "configs/tiny.yaml"), ["arc_easy-sciq"], overrides=[],
-                             variant="tiny", out=out, work=tmp_path / "work")
+    again = prestudy(str(repo_root / "configs/tiny.yaml"), ["arc_easy-sciq"], overrides=[], variant="tiny", out=out,
+                     work=tmp_path / "work")
     assert again["entries"]["arc_easy-sciq|tiny"]["date"] == e["date"]
     with pytest.raises(Exception, match="unknown setting"):
-        science.prestudy(str(repo_root / "configs/tiny.yaml"), ["nope"], overrides=[], variant="x", out=out)
+        prestudy(str(repo_root / "configs/tiny.yaml"), ["nope"], overrides=[], variant="x", out=out)
 
 
 def test_bench_science_one_seed_and_a_forked_ablation(repo_root, tiny_assets, s3_env, tmp_path):
-    from ensemw2s import results
+    from benchmarks.science.page import science
 
     bucket = unique_bucket()
     abl = tmp_path / "abl.yaml"
-    abl.write_text("ablations:\n  - {name: generate, overrides: [ensemble.pseudo_label_mode=generate]}\n")
+    tiny = repo_root / "configs/tiny.yaml"
+    abl.write_text(f"base: {tiny}\ngrid:\n  ensemble.pseudo_label_mode: [generate]\nseeds: [0]\nfork_from: base\n")
     out = tmp_path / "results.md"
     ov = [f"storage.bucket={bucket}", "ensemble.select_rounds=val", "data.prompt=rc",
           "ensemble.pseudo_label_mode=options"]
-    rc = results.science(str(repo_root / "configs/tiny.yaml"), ov, seeds=1, jobs=1, tag="t", ablations=str(abl),
-                         run=True, out=out, log_dir=tmp_path / "logs")
+    rc = science(str(tiny), ov, seeds=1, jobs=1, tag="t", ablations=str(abl), run=True, out=out,
+                 log_dir=tmp_path / "logs")
     assert rc == 0
     page = out.read_text()
     for section in ("## Pre-study", "## Main results (mean ± std over 1 seeds)", "## Paired differences",
-                    "## The paper's headline claims", "## Ablations", "## Wall time"):
+                    "## The paper's headline claims", "## Ablations (seed 0, forked from the seed-0 main run)",
+                    "## Wall time"):
         assert section in page, section
     assert re.search(r"\| EnsemW2S ensemble \(T chosen on easy_val\) \| \d\.\d{3} ± 0\.000 \|", page)
-    assert "| generate | `ensemble.pseudo_label_mode=generate` |" in page and "**missing**" not in page
+    assert "| g00-generate | `ensemble.pseudo_label_mode=generate` |" in page and "**missing**" not in page
+    # facts come from the run records: the machine the run summary recorded, the stored config's models
+    assert re.search(r"machine: \d+ CPU cores, (no GPU|\d+ × [^;]+);", page), page
+    from ensemw2s.assets import model_display_name
+
+    assert f"Weak experts: {model_display_name('tiny-weak')}; strong student: {model_display_name('tiny-strong')}." in page
     assert (tmp_path / "results" / "ensemble_by_round.png").stat().st_size > 1000
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(
+        f"{r}.log" for r in storage.Store.from_config(load_config(str(tiny), ov).storage).list_runs())
     summary = json.loads((tmp_path / "results" / "science.json").read_text())
     main_id = summary["runs"][0]["run_id"]
     assert summary["runs"][0]["metrics"]["chosen_rounds"] in (1, 2)
+    assert summary["runs"][0]["correct"]["models"]["ensemble"]["hard_test"]  # per-question record kept
     # the rc prompt form travelled with the rows into the stored splits and pseudo-labels
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        st0 = storage.Store.from_config(load_config(str(repo_root / "configs/tiny.yaml"), ov).storage)
+        st0 = storage.Store.from_config(load_config(str(tiny), ov).storage)
         st0.get_dir(main_id, "pseudo_label-ensemble", "labels", f"{tmp}/l")
         labels = [json.loads(x) for x in open(f"{tmp}/l/labels.jsonl")]
     assert labels and all(r["prompt"] == "rc" and r["chosen"] is not None for r in labels)
     # the ablation was forked: upstream steps restored, the changed pseudo-labels and what follows recomputed
-    st = storage.Store.from_config(load_config(str(repo_root / "configs/tiny.yaml"), ov).storage)
+    st = storage.Store.from_config(load_config(str(tiny), ov).storage)
     abl_id = [r for r in st.list_runs() if r != main_id][0]
     timing = {s: st.get_json(abl_id, s, "timing.json") for s in st.list_steps(abl_id) if s != "run-summary"}
     restored = {s for s, t in timing.items() if t["restored"]}
@@ -117,3 +133,15 @@ def test_bench_science_one_seed_and_a_forked_ablation(repo_root, tiny_assets, s3
     want = src_timing["produced"] if src_timing["restored"] else src_timing
     got = timing["train_expert-r1"]["produced"]
     assert {k: got[k] for k in want} == want and got["forked_from"] == main_id and got["work_seconds"] > 0
+
+    # --no-run rebuilds the same page from science.json once the object store no longer holds the runs
+    for r in st.list_runs():
+        st.delete_run(r)
+    assert science(str(tiny), ov, seeds=1, jobs=1, tag="t", ablations=str(abl), run=False, out=out) == 0
+    again = out.read_text()
+    assert "from the run records kept in" in again
+
+    def numbers(text):  # every line but the title (date) and the provenance line (where the records came from)
+        return [x for x in text.splitlines() if not x.startswith(("# Does EnsemW2S", "- Page built"))]
+
+    assert numbers(again) == numbers(page)

@@ -14,7 +14,8 @@ import pytest
 
 from ensemw2s import s3server, storage
 from ensemw2s.config import StorageConfig
-from ensemw2s.storage import CorruptArtifactError, StorageError, Store, sha256_file, validate_name
+from ensemw2s.digests import sha256_file
+from ensemw2s.storage import CorruptArtifactError, StorageError, Store, validate_name
 
 pytestmark = pytest.mark.s3
 

@@ -1,9 +1,10 @@
-"""Data registry, row validation and the difficulty split (generated rows; real datasets in one test)."""
+"""Rows, ids, JSONL, prompts and the difficulty split (generated rows); the dataset registry (in assets) and the
+real datasets in one test each."""
 import json
 
 import pytest
 
-from ensemw2s import data
+from ensemw2s import assets, data
 from ensemw2s.config import DataConfig
 
 
@@ -125,13 +126,32 @@ def test_rc_prompt_omits_the_options_and_travels_with_the_row():
 
 
 def test_registry_has_the_required_datasets():
-    assert {"arc", "arc_easy", "arc_challenge", "sciq", "mmlu", "jsonl"} <= set(data.DATASETS)
+    assert {"arc", "arc_easy", "arc_challenge", "sciq", "mmlu", "jsonl"} <= set(assets.DATASETS)
+    assert all(spec["license"] for spec in assets.DATASETS.values())
+
+
+def test_stable_id_ignores_choice_order_case_and_spacing():
+    a = data.stable_id("Which gas do plants absorb?", ["oxygen", "carbon dioxide"])
+    assert a == data.stable_id("which gas  do plants absorb? ", ["Carbon Dioxide", "oxygen"])
+    assert a != data.stable_id("Which gas do plants absorb?", ["oxygen", "nitrogen"])
+    assert len(a) == 16 and int(a, 16) >= 0
+
+
+def test_data_does_not_import_the_config_or_the_registry():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(data))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert imported & {"ensemw2s.config", "ensemw2s.assets"} == set(), imported
+    assert data.PROMPTS == ("mc", "rc")
 
 
 def test_real_arc_to_sciq_split(tiny_assets):
     cfg = DataConfig(easy="arc_easy", hard="sciq", easy_train=50, easy_val=20, easy_test=30, hard_pool=40,
                      hard_test=30)
-    s = data.split_rows(cfg, data.load_side(cfg, "easy"), data.load_side(cfg, "hard"), seed=0)
+    s = data.split_rows(cfg, assets.load_side(cfg, "easy"), assets.load_side(cfg, "hard"), seed=0)
     ids = [r["id"] for v in s.values() for r in v]
     assert len(ids) == len(set(ids)) == 170
     positions = [r["answer_index"] for r in s["hard_test"] + s["hard_pool"]]

@@ -1,4 +1,4 @@
-"""Scoring and statistics: shared-prefix option scoring == plain scoring; mixture; PGR; paired tests."""
+"""Scoring: shared-prefix option scoring == plain scoring; mixture; PGR; metrics (statistics: test_stats.py)."""
 import math
 
 import numpy as np
@@ -16,7 +16,7 @@ def _rows():
 
 @pytest.mark.parametrize("model_name", ["tiny-weak", pytest.param("gemma3-270m", marks=pytest.mark.slow)])
 def test_shared_prefix_option_scoring_equals_plain(tiny_assets, model_name):
-    from ensemw2s.training import load_causal_lm
+    from ensemw2s.modeling import load_causal_lm
 
     model, tok = load_causal_lm(model_name)
     rows = _rows()
@@ -47,17 +47,6 @@ def test_pgr():
     assert ev.pgr(0.6, 0.5, 0.5) is None
 
 
-def test_paired_bootstrap_and_mcnemar():
-    a = [True] * 60 + [False] * 40
-    b = [True] * 50 + [False] * 50
-    res = ev.paired_bootstrap(a, b, seed=0)
-    assert res["diff"] == pytest.approx(0.10)
-    assert res["ci_low"] <= 0.10 <= res["ci_high"]
-    # 10 discordant pairs all in one direction: p = 2 * 0.5^10
-    assert ev.mcnemar_p(a, b) == pytest.approx(2 * 0.5 ** 10)
-    assert ev.mcnemar_p(a, a) == 1.0
-
-
 def test_build_metrics_keys():
     preds = []
     for model in ("weak_single", "ensemble", "ensemble_r1", "student_single", "student_ensemble", "ceiling"):
@@ -70,3 +59,6 @@ def test_build_metrics_keys():
     assert m["ensemble_acc_ood_by_round"] == [0.5]
     assert m["pgr_single"] == pytest.approx(0.0)
     assert "paired_ensemble_minus_single_ood_diff" in m
+    # same answers: no difference, no discordant pair (ensemw2s.stats.paired_test)
+    assert m["paired_ensemble_minus_single_ood_diff"] == 0.0 and m["paired_ensemble_minus_single_ood_n"] == 4
+    assert m["paired_ensemble_minus_single_ood_mcnemar_p"] == 1.0

@@ -14,33 +14,18 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ensemw2s.config import EnsembleConfig, EvalConfig, StorageConfig, config_hash, load_config
-from ensemw2s.steps._io import (
-    StepIO,
-    base_parser,
-    chosen_members,
-    ensemble_members,
-    open_decoder,
-    option_logprobs_by_round,
-    read_json,
-    run_main,
-    write_json,
-)
-from ensemw2s.steps.train_student import step_key as _student_key
+from ensemw2s.config import EnsembleConfig, EvalConfig, StorageConfig, config_hash
+from ensemw2s.members import chosen_members, ensemble_members, open_decoder, option_logprobs_by_round
+from ensemw2s.steps import keys
+from ensemw2s.steps.stepio import StepIO, base_parser, optional_path, read_json, step_main, write_json
 
 STEP = "evaluate"
-STUDENT_NAMES = {"single": "student_single", "ensemble": "student_ensemble", "gold": "ceiling"}
-TARGETS = ("experts",) + tuple(f"student-{s}" for s in STUDENT_NAMES)
 TEST_SPLITS = ("easy_test", "hard_test")
-
-
-def step_key(target: str) -> str:
-    return f"{STEP}-{target}"
 
 
 def build_parser():
     p = base_parser(STEP, __doc__.splitlines()[0])
-    p.add_argument("--target", choices=TARGETS, required=True)
+    p.add_argument("--target", choices=keys.EVAL_TARGETS, required=True)
     p.add_argument("--splits", required=True)
     p.add_argument("--state", default=None, help="final boosting state (target experts)")
     p.add_argument("--student", default=None, help="trained student folder (target student-*)")
@@ -60,27 +45,27 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
     from ensemw2s.data import read_jsonl, write_jsonl
     from ensemw2s.evaluation import accuracy, generation_predictions, loglik_predictions, option_logprobs
 
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-    key = step_key(target)
+    if target not in keys.EVAL_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(keys.EVAL_TARGETS)}, got {target!r}")
+    key = keys.evaluate(target)
     out_dir = Path(out_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"eval": ev, "combine": ens.combine, "target": target, "rounds": rounds,
                                          "select_rounds": ens.select_rounds}),
-                inputs=(("split_data", "splits"), (f"update_weights-r{rounds}", "state") if target == "experts"
-                        else (_student_key(target.split("-", 1)[1]), "student")))
+                inputs=((keys.SPLIT_DATA, "splits"), (keys.state_after(rounds), "state") if target == "experts"
+                        else (keys.train_student(target.split("-", 1)[1]), "student")))
     if io.restore({"eval": out_dir}):
         return read_json(out_dir / "eval.json")
     t0 = time.perf_counter()
-    splits_dir = io.fetch(splits_dir, "split_data", "splits")
+    splits_dir = io.fetch(splits_dir, keys.SPLIT_DATA, "splits")
     tests = {s: read_jsonl(splits_dir / f"{s}.jsonl") for s in TEST_SPLITS}
     preds: list[dict] = []
     info: dict = {"target": target}
     if target == "experts":
-        state_dir = io.fetch(state_dir, f"update_weights-r{rounds}", "state")
+        state_dir = io.fetch(state_dir, keys.state_after(rounds), "state")
         state = read_json(state_dir / "state.json")
-        active = ensemble_members(state, io, "all")
-        first = ensemble_members(state, io, "first")[0]
+        active = ensemble_members(state, io.fetch, "all")
+        first = ensemble_members(state, io.fetch, "first")[0]
         by_round = {m["round"]: m for m in active}
         by_round.setdefault(1, first)
         scored = dict(tests)
@@ -117,11 +102,11 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         info["weak_model"] = state["weak_model"]
     else:
         from ensemw2s.ensemble import EnsembleDecoder
-        from ensemw2s.training import load_saved
+        from ensemw2s.modeling import load_saved
 
         source = target.split("-", 1)[1]
-        name = STUDENT_NAMES[source]
-        student_dir = io.fetch(student_dir, _student_key(source), "student")
+        name = keys.STUDENT_MODELS[source]
+        student_dir = io.fetch(student_dir, keys.train_student(source), "student")
         model, tok = load_saved(Path(student_dir) / "model")
         for s, rows in tests.items():
             preds += loglik_predictions(rows, [option_logprobs(model, tok, rows, batch_size=ev.batch_size)],
@@ -138,23 +123,15 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
     info["seconds"] = round(time.perf_counter() - t0, 2)
     write_jsonl(out_dir / "predictions.jsonl", preds)
     write_json(out_dir / "eval.json", info)
-    io.publish({"eval": out_dir})
-    print(f"[{key}] " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items()
-                                  if not k.startswith("ensemble_r")), flush=True)
+    io.publish({"eval": out_dir}, message=", ".join(f"{k}={v:.3f}" for k, v in summary.items()
+                                                     if not k.startswith("ensemble_r")))
     return info
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def work():
-        cfg = load_config(args.config, args.overrides)
-        run(cfg.eval, cfg.ensemble, target=args.target, splits_dir=Path(args.splits), out_dir=Path(args.out),
-            state_dir=Path(args.state) if args.state else None,
-            student_dir=Path(args.student) if args.student else None, rounds=cfg.boosting.rounds,
-            run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
-
-    return run_main(work)
+    return step_main(build_parser(), argv, lambda a, cfg, **io: run(
+        cfg.eval, cfg.ensemble, target=a.target, splits_dir=Path(a.splits), out_dir=Path(a.out),
+        state_dir=optional_path(a.state), student_dir=optional_path(a.student), rounds=cfg.boosting.rounds, **io))
 
 
 if __name__ == "__main__":

@@ -13,30 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ensemw2s.config import EnsembleConfig, StorageConfig, config_hash, load_config
-from ensemw2s.steps._io import (
-    StepIO,
-    base_parser,
-    chosen_members,
-    ensemble_members,
-    open_decoder,
-    option_logprobs_by_round,
-    read_json,
-    run_main,
-    write_json,
-)
+from ensemw2s.config import EnsembleConfig, StorageConfig, config_hash
+from ensemw2s.members import chosen_members, ensemble_members, open_decoder, option_logprobs_by_round
+from ensemw2s.steps import keys
+from ensemw2s.steps.stepio import StepIO, base_parser, optional_path, read_json, step_main, write_json
 
 STEP = "pseudo_label"
-SOURCES = ("ensemble", "single", "gold")
-
-
-def step_key(source: str) -> str:
-    return f"{STEP}-{source}"
 
 
 def build_parser():
     p = base_parser(STEP, __doc__.splitlines()[0])
-    p.add_argument("--source", choices=SOURCES, required=True)
+    p.add_argument("--source", choices=keys.SOURCES, required=True)
     p.add_argument("--splits", required=True)
     p.add_argument("--state", default=None, help="final boosting state (not needed for --source gold)")
     p.add_argument("--rounds", type=int, default=None, help="final round (to fetch the state from storage)")
@@ -49,29 +36,29 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
         resume: bool = True) -> dict:
     from ensemw2s.data import match_choice, read_jsonl, write_jsonl
 
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    key = step_key(source)
+    if source not in keys.SOURCES:
+        raise ValueError(f"source must be one of {', '.join(keys.SOURCES)}, got {source!r}")
+    key = keys.pseudo_label(source)
     labels_dir = Path(labels_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"ensemble": ens if source != "gold" else None, "source": source,
                                          "rounds": rounds}),
-                inputs=(("split_data", "splits"),) + ((f"update_weights-r{rounds}", "state"),) * (source != "gold"))
+                inputs=((keys.SPLIT_DATA, "splits"),) + (() if source == "gold" else ((keys.state_after(rounds), "state"),)))
     if io.restore({"labels": labels_dir}):
         return read_json(labels_dir / "labels.json")
-    splits_dir = io.fetch(splits_dir, "split_data", "splits")
+    splits_dir = io.fetch(splits_dir, keys.SPLIT_DATA, "splits")
     rows = read_jsonl(splits_dir / "hard_pool.jsonl")
     if source == "gold":
         answers = [r["answer"] for r in rows]
         producer = "gold"
     else:
-        state_dir = io.fetch(state_dir, f"update_weights-r{rounds}", "state")
+        state_dir = io.fetch(state_dir, keys.state_after(rounds), "state")
         state = read_json(state_dir / "state.json")
         options = ens.pseudo_label_mode != "generate"
         lp_pool: dict[int, dict] = {}  # round -> option log-probs on hard_pool (options mode)
         lp_val: Optional[dict] = None
         if source == "ensemble":
-            active = ensemble_members(state, io, "all")
+            active = ensemble_members(state, io.fetch, "all")
             if options and ens.select_rounds == "val":
                 # one load per expert scores both easy_val (to choose T) and hard_pool (the labels)
                 lp = option_logprobs_by_round(active, {"val": read_jsonl(splits_dir / "easy_val.jsonl"),
@@ -80,7 +67,7 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
                 lp_pool = {r: d["pool"] for r, d in lp.items()}
             members, _ = chosen_members(active, splits_dir, ens.select_rounds, ens.batch_size, lp_val)
         else:
-            members = ensemble_members(state, io, "first")
+            members = ensemble_members(state, io.fetch, "first")
         producer = f"{source}:rounds={[m['round'] for m in members]}:alphas={[round(m['alpha'], 4) for m in members]}"
         if not options:
             dec = open_decoder(members, ens.combine, ens.batch_size)
@@ -89,14 +76,15 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
             answers = [a.split("\n")[0].strip() for a in
                        dec.generate([format_prompt(r) for r in rows], ens.max_new_tokens)]
         else:
-            from ensemw2s.evaluation import mixture_choice, normalised_weights
+            from ensemw2s.boosting import normalise_alphas
+            from ensemw2s.evaluation import mixture_choice
 
             missing = [m for m in members if m["round"] not in lp_pool]
             if missing:
                 lp_pool.update({r: d["pool"] for r, d in option_logprobs_by_round(missing, {"pool": rows},
                                                                                   ens.batch_size).items()})
             lps = [lp_pool[m["round"]] for m in members]
-            w = normalised_weights([m["alpha"] for m in members])
+            w = normalise_alphas([m["alpha"] for m in members])
             answers = [r["choices"][mixture_choice([lp[r["id"]] for lp in lps], w)] for r in rows]
     out = []
     for r, a in zip(rows, answers):
@@ -109,23 +97,16 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
              "accuracy_vs_gold": sum(o["correct"] for o in out) / len(out),
              "unmatched": sum(o["chosen"] is None for o in out), "empty": sum(not o["pseudo_answer"] for o in out)}
     write_json(labels_dir / "labels.json", stats)
-    io.publish({"labels": labels_dir})
-    print(f"[{key}] {len(out)} labels, {stats['accuracy_vs_gold']:.3f} match the gold answer, "
-          f"{stats['unmatched']} match no option", flush=True)
+    io.publish({"labels": labels_dir},
+               message=f"{len(out)} labels, {stats['accuracy_vs_gold']:.3f} match the gold answer, "
+                       f"{stats['unmatched']} match no option")
     return stats
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def work():
-        cfg = load_config(args.config, args.overrides)
-        run(cfg.ensemble, source=args.source, splits_dir=Path(args.splits),
-            state_dir=Path(args.state) if args.state else None, labels_dir=Path(args.labels),
-            rounds=args.rounds or cfg.boosting.rounds, run_id=args.run_id, storage=cfg.storage,
-            resume=not args.no_resume)
-
-    return run_main(work)
+    return step_main(build_parser(), argv, lambda a, cfg, **io: run(
+        cfg.ensemble, source=a.source, splits_dir=Path(a.splits), state_dir=optional_path(a.state),
+        labels_dir=Path(a.labels), rounds=a.rounds or cfg.boosting.rounds, **io))
 
 
 if __name__ == "__main__":

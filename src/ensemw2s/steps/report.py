@@ -10,17 +10,16 @@ import html
 from pathlib import Path
 from typing import Optional
 
-from ensemw2s.config import EvalConfig, StorageConfig, config_hash, load_config
-from ensemw2s.steps._io import StepIO, base_parser, read_json, run_main, write_json
-from ensemw2s.steps.evaluate import TARGETS
-from ensemw2s.steps.evaluate import step_key as eval_key
+from ensemw2s.config import EvalConfig, StorageConfig, config_hash
+from ensemw2s.steps import keys
+from ensemw2s.steps.stepio import StepIO, base_parser, read_json, step_main, write_json
 
-STEP = "report"
+STEP = keys.REPORT
 
 
 def build_parser():
     p = base_parser(STEP, __doc__.splitlines()[0])
-    for t in TARGETS:
+    for t in keys.EVAL_TARGETS:
         p.add_argument(f"--eval-{t}", dest=f"eval_{t.replace('-', '_')}", required=True,
                        help=f"eval folder of evaluate --target {t}")
     p.add_argument("--out", required=True, help="output folder")
@@ -31,17 +30,18 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
         run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True,
         extra: Optional[dict] = None) -> dict:
     from ensemw2s.data import read_jsonl, write_jsonl
-    from ensemw2s.evaluation import build_metrics, plot_by_round, render_report
+    from ensemw2s.evaluation import build_metrics, render_report
+    from ensemw2s.plots import plot_by_round
 
     out_dir = Path(out_dir)
     io = StepIO(STEP, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"eval": ev, "seed": seed, "rounds": rounds}),
-                inputs=tuple((eval_key(t), "eval") for t in TARGETS))
+                inputs=tuple((keys.evaluate(t), "eval") for t in keys.EVAL_TARGETS))
     if io.restore({"report": out_dir}):
         return read_json(out_dir / "metrics.json")
     preds, infos = [], {}
-    for target in TARGETS:
-        d = io.fetch(eval_dirs.get(target), eval_key(target), "eval")
+    for target in keys.EVAL_TARGETS:
+        d = io.fetch(eval_dirs.get(target), keys.evaluate(target), "eval")
         preds += read_jsonl(d / "predictions.jsonl", validate=False)
         infos[target] = read_json(d / "eval.json")
     exp = infos["experts"]
@@ -61,7 +61,7 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "predictions.jsonl", preds)
-    plot_by_round(metrics, out_dir / "accuracy_by_round.png")
+    plot_by_round([metrics], out_dir / "accuracy_by_round.png")
     md = render_report(metrics, "accuracy_by_round.png")
     (out_dir / "report.md").write_text(md)
     (out_dir / "report.html").write_text(markdown_to_html(md))
@@ -103,15 +103,9 @@ def markdown_to_html(md: str) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def work():
-        cfg = load_config(args.config, args.overrides)
-        dirs = {t: Path(getattr(args, f"eval_{t.replace('-', '_')}")) for t in TARGETS}
-        run(cfg.eval, eval_dirs=dirs, out_dir=Path(args.out), seed=cfg.seed, rounds=cfg.boosting.rounds,
-            run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
-
-    return run_main(work)
+    return step_main(build_parser(), argv, lambda a, cfg, **io: run(
+        cfg.eval, eval_dirs={t: Path(getattr(a, f"eval_{t.replace('-', '_')}")) for t in keys.EVAL_TARGETS},
+        out_dir=Path(a.out), seed=cfg.seed, rounds=cfg.boosting.rounds, **io))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ensemw2s.config import DataConfig, ModelSection, StorageConfig, config_hash, load_config
-from ensemw2s.steps._io import StepIO, base_parser, run_main, write_json
+from ensemw2s.config import DataConfig, ModelSection, StorageConfig, config_hash
+from ensemw2s.steps import keys
+from ensemw2s.steps.stepio import StepIO, base_parser, step_main, write_json
 
-STEP = "split_data"
+STEP = keys.SPLIT_DATA
 
 
 def build_parser():
@@ -33,7 +34,8 @@ def _model_difficulty(rows: list[dict], data: DataConfig, weak: ModelSection, se
     import numpy as np
 
     from ensemw2s.data import shuffled
-    from ensemw2s.training import encode_rows, load_causal_lm, load_saved, teacher_forced, train_sft
+    from ensemw2s.modeling import load_causal_lm, load_saved
+    from ensemw2s.training import encode_rows, teacher_forced, train_sft
 
     def score(model, tok, subset):
         res = teacher_forced(model, tok, encode_rows(tok, subset, weak.train.max_length), desc="difficulty")
@@ -60,8 +62,10 @@ def _model_difficulty(rows: list[dict], data: DataConfig, weak: ModelSection, se
 def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, state_dir: Path,
         run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True) -> dict:
     from ensemw2s import boosting
-    from ensemw2s.data import DATASETS, load_side, needs_model_difficulty, split_rows, write_jsonl
-    from ensemw2s.training import encode_rows, load_causal_lm, teacher_forced, tokenizer_signature
+    from ensemw2s.assets import DATASETS, load_side
+    from ensemw2s.data import needs_model_difficulty, split_rows, write_jsonl
+    from ensemw2s.modeling import load_causal_lm, tokenizer_signature
+    from ensemw2s.training import encode_rows, teacher_forced
 
     splits_dir, state_dir = Path(splits_dir), Path(state_dir)
     io = StepIO(STEP, run_id=run_id, storage=storage, resume=resume,
@@ -101,21 +105,13 @@ def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, st
     write_json(state_dir / "state.json", {"round": 1, "stopped": False, "experts": [], "n_tokens": n,
                                           "weak_model": weak.model, "tokenizer": tokenizer_signature(tok),
                                           "vocab_size": len(tok), "max_length": weak.train.max_length})
-    io.publish(outputs)
-    print(f"[{STEP}] " + ", ".join(f"{k}={v}" for k, v in info["sizes"].items()) + f"; {n} answer tokens",
-          flush=True)
+    io.publish(outputs, message=", ".join(f"{k}={v}" for k, v in info["sizes"].items()) + f"; {n} answer tokens")
     return info
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def work():
-        cfg = load_config(args.config, args.overrides)
-        run(cfg.data, cfg.experts, seed=cfg.seed, splits_dir=Path(args.splits), state_dir=Path(args.state),
-            run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
-
-    return run_main(work)
+    return step_main(build_parser(), argv, lambda a, cfg, **io: run(
+        cfg.data, cfg.experts, seed=cfg.seed, splits_dir=Path(a.splits), state_dir=Path(a.state), **io))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ensemw2s.config import BoostingConfig, ModelSection, StorageConfig, config_hash, load_config
-from ensemw2s.steps._io import StepIO, base_parser, read_json, run_main, write_json
+from ensemw2s.config import BoostingConfig, ModelSection, StorageConfig, config_hash
+from ensemw2s.errors import ConfigError
+from ensemw2s.steps import keys
+from ensemw2s.steps.stepio import StepIO, base_parser, read_json, step_main, write_json
 
 STEP = "train_expert"
-
-
-def step_key(round_: int) -> str:
-    return f"{STEP}-r{round_}"
 
 
 def build_parser():
@@ -36,24 +34,23 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
 
     from ensemw2s import boosting
     from ensemw2s.data import read_jsonl, write_jsonl
-    from ensemw2s.training import encode_rows, load_saved, teacher_forced, tokenizer_signature, train_sft
+    from ensemw2s.modeling import load_saved, tokenizer_signature
+    from ensemw2s.training import encode_rows, teacher_forced, train_sft
 
     expert_dir = Path(expert_dir)
-    key = step_key(round_)
-    prev = "split_data" if round_ == 1 else f"update_weights-r{round_ - 1}"
+    key = keys.train_expert(round_)
+    prev = keys.state_after(round_ - 1)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"experts": experts, "boosting": boosting_cfg, "round": round_, "seed": seed}),
-                inputs=(("split_data", "splits"), (prev, "state")))
+                inputs=((keys.SPLIT_DATA, "splits"), (prev, "state")))
     if io.restore({"expert": expert_dir}):
         return read_json(expert_dir / "expert.json")
-    splits_dir = io.fetch(splits_dir, "split_data", "splits")
+    splits_dir = io.fetch(splits_dir, keys.SPLIT_DATA, "splits")
     state_dir = io.fetch(state_dir, prev, "state")
     state = read_json(state_dir / "state.json")
     if state["round"] != round_:
         raise ValueError(f"{key}: the boosting state is for round {state['round']}, not {round_}")
     if state["weak_model"] != experts.model:
-        from ensemw2s.config import ConfigError
-
         raise ConfigError(f"{key}: experts.model is {experts.model!r} but the state was made for "
                           f"{state['weak_model']!r}")
     expert_seed = seed * 1000 + round_
@@ -63,8 +60,7 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
         meta.update({"skipped": True, "reason": "boosting stopped at an earlier round", "eps": None,
                      "eps_prior": None, "alpha": 0.0})
         write_json(expert_dir / "expert.json", meta)
-        io.publish({"expert": expert_dir})
-        print(f"[{key}] skipped: boosting stopped earlier", flush=True)
+        io.publish({"expert": expert_dir}, message="skipped: boosting stopped earlier")
         return meta
 
     rows = read_jsonl(Path(splits_dir) / "easy_train.jsonl")
@@ -78,11 +74,11 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
         token_weights[i] = lw[k: k + n].tolist()
         k += n
 
-    from ensemw2s.training import load_tokenizer, resolve_model_path
+    from ensemw2s.modeling import load_tokenizer, resolve_model_path
 
     tok = load_tokenizer(resolve_model_path(experts.model))
     if tokenizer_signature(tok) != state["tokenizer"]:
-        from ensemw2s.training import ModelError
+        from ensemw2s.errors import ModelError
 
         raise ModelError(f"{key}: the tokenizer of {experts.model!r} differs from the one the weights were made "
                          "with; all experts must share one tokenizer")
@@ -105,26 +101,20 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
         meta["reason"] = f"alpha {alpha:.4f} <= 0 ({boosting_cfg.on_nonpositive_alpha})"
     write_json(expert_dir / "expert.json", meta)
     write_jsonl(expert_dir / "wrong.jsonl", ({"id": i, "wrong": res[i]["wrong"]} for i in ids))
-    io.publish({"expert": expert_dir}, extra={"round": round_, "alpha": alpha})
-    print(f"[{key}] eps={eps:.4f} eps_prior={eps_prior:.4f} alpha={alpha:.4f} ({boosting_cfg.alpha_rule}) "
-          f"loss={stats['train_loss']:.3f} in {stats['train_seconds']:.0f} s", flush=True)
+    io.publish({"expert": expert_dir}, extra={"round": round_, "alpha": alpha},
+               message=f"eps={eps:.4f} eps_prior={eps_prior:.4f} alpha={alpha:.4f} ({boosting_cfg.alpha_rule}) "
+                       f"loss={stats['train_loss']:.3f} in {stats['train_seconds']:.0f} s")
     return meta
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    def work(a, cfg, **io):
+        if not 1 <= a.round <= cfg.boosting.rounds:
+            raise ConfigError(f"--round {a.round} is out of range; boosting.rounds is {cfg.boosting.rounds}")
+        run(cfg.experts, cfg.boosting, round_=a.round, seed=cfg.seed, splits_dir=Path(a.splits),
+            state_dir=Path(a.state), expert_dir=Path(a.expert), **io)
 
-    def work():
-        cfg = load_config(args.config, args.overrides)
-        if not 1 <= args.round <= cfg.boosting.rounds:
-            from ensemw2s.config import ConfigError
-
-            raise ConfigError(f"--round {args.round} is out of range; boosting.rounds is {cfg.boosting.rounds}")
-        run(cfg.experts, cfg.boosting, round_=args.round, seed=cfg.seed, splits_dir=Path(args.splits),
-            state_dir=Path(args.state), expert_dir=Path(args.expert), run_id=args.run_id, storage=cfg.storage,
-            resume=not args.no_resume)
-
-    return run_main(work)
+    return step_main(build_parser(), argv, work)
 
 
 if __name__ == "__main__":

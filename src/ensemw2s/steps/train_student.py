@@ -9,21 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ensemw2s.config import ModelSection, StorageConfig, config_hash, load_config
-from ensemw2s.steps._io import StepIO, base_parser, read_json, run_main, write_json
-from ensemw2s.steps.pseudo_label import SOURCES
-from ensemw2s.steps.pseudo_label import step_key as labels_key
+from ensemw2s.config import ModelSection, StorageConfig, config_hash
+from ensemw2s.steps import keys
+from ensemw2s.steps.stepio import StepIO, base_parser, read_json, step_main, write_json
 
 STEP = "train_student"
 
 
-def step_key(source: str) -> str:
-    return f"{STEP}-{source}"
-
-
 def build_parser():
     p = base_parser(STEP, __doc__.splitlines()[0])
-    p.add_argument("--source", choices=SOURCES, required=True)
+    p.add_argument("--source", choices=keys.SOURCES, required=True)
     p.add_argument("--labels", required=True)
     p.add_argument("--student", required=True, help="output folder")
     return p
@@ -32,16 +27,17 @@ def build_parser():
 def run(student: ModelSection, *, source: str, seed: int, labels_dir: Path, student_dir: Path,
         run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True) -> dict:
     from ensemw2s.data import read_jsonl
-    from ensemw2s.training import encode_rows, load_tokenizer, resolve_model_path, train_sft
+    from ensemw2s.modeling import load_tokenizer, resolve_model_path
+    from ensemw2s.training import encode_rows, train_sft
 
-    key = step_key(source)
+    key = keys.train_student(source)
     student_dir = Path(student_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"student": student, "source": source, "seed": seed}),
-                inputs=((labels_key(source), "labels"),))
+                inputs=((keys.pseudo_label(source), "labels"),))
     if io.restore({"student": student_dir}):
         return read_json(student_dir / "student.json")
-    labels_dir = io.fetch(labels_dir, labels_key(source), "labels")
+    labels_dir = io.fetch(labels_dir, keys.pseudo_label(source), "labels")
     rows = read_jsonl(labels_dir / "labels.jsonl", validate=False)
     labels_meta = read_json(labels_dir / "labels.json")
     tok = load_tokenizer(resolve_model_path(student.model))
@@ -51,21 +47,15 @@ def run(student: ModelSection, *, source: str, seed: int, labels_dir: Path, stud
     meta = {"source": source, "producer": labels_meta["producer"], "base_model": student.model,
             "labels_accuracy_vs_gold": labels_meta["accuracy_vs_gold"], "lora": student.lora.enabled, **stats}
     write_json(student_dir / "student.json", meta)
-    io.publish({"student": student_dir})
-    print(f"[{key}] {stats['rows']} rows, {stats['steps']} steps, loss {stats['train_loss']:.3f}, "
-          f"{stats['train_seconds']:.0f} s", flush=True)
+    io.publish({"student": student_dir},
+               message=f"{stats['rows']} rows, {stats['steps']} steps, loss {stats['train_loss']:.3f}, "
+                       f"{stats['train_seconds']:.0f} s")
     return meta
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def work():
-        cfg = load_config(args.config, args.overrides)
-        run(cfg.student, source=args.source, seed=cfg.seed, labels_dir=Path(args.labels),
-            student_dir=Path(args.student), run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
-
-    return run_main(work)
+    return step_main(build_parser(), argv, lambda a, cfg, **io: run(
+        cfg.student, source=a.source, seed=cfg.seed, labels_dir=Path(a.labels), student_dir=Path(a.student), **io))
 
 
 if __name__ == "__main__":

@@ -11,15 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ensemw2s.config import BoostingConfig, StorageConfig, config_hash, load_config
-from ensemw2s.steps._io import StepIO, base_parser, read_json, run_main, write_json
-from ensemw2s.steps.train_expert import step_key as expert_key
+from ensemw2s.config import BoostingConfig, StorageConfig, config_hash
+from ensemw2s.steps import keys
+from ensemw2s.steps.stepio import StepIO, base_parser, read_json, step_main, write_json
 
 STEP = "update_weights"
-
-
-def step_key(round_: int) -> str:
-    return f"{STEP}-r{round_}"
 
 
 def build_parser():
@@ -38,16 +34,16 @@ def run(boosting_cfg: BoostingConfig, *, round_: int, state_dir: Path, expert_di
     from ensemw2s import boosting
     from ensemw2s.data import read_jsonl, write_jsonl
 
-    key = step_key(round_)
+    key = keys.update_weights(round_)
     out_state_dir = Path(out_state_dir)
-    prev = "split_data" if round_ == 1 else step_key(round_ - 1)
+    prev = keys.state_after(round_ - 1)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"boosting": boosting_cfg, "round": round_}),
-                inputs=((prev, "state"), (expert_key(round_), "expert")))
+                inputs=((prev, "state"), (keys.train_expert(round_), "expert")))
     if io.restore({"state": out_state_dir}):
         return read_json(out_state_dir / "state.json")
     state_dir = io.fetch(state_dir, prev, "state")
-    expert_dir = io.fetch(expert_dir, expert_key(round_), "expert")
+    expert_dir = io.fetch(expert_dir, keys.train_expert(round_), "expert")
     state = read_json(state_dir / "state.json")
     meta = read_json(expert_dir / "expert.json")
     if meta["round"] != round_ or state["round"] != round_:
@@ -70,27 +66,21 @@ def run(boosting_cfg: BoostingConfig, *, round_: int, state_dir: Path, expert_di
             new_rows.append({**r, "weights": new[k: k + n].tolist()})
             k += n
     entry = {"round": round_, "alpha": alpha, "eps": meta.get("eps"), "eps_prior": meta.get("eps_prior"),
-             "skipped": bool(meta.get("skipped")), "step": expert_key(round_), "output": "expert",
+             "skipped": bool(meta.get("skipped")), "step": keys.train_expert(round_), "output": "expert",
              "path": str(expert_dir), "lora": meta.get("lora"), "base_model": meta.get("base_model")}
     new_state = {**state, "round": round_ + 1, "stopped": stopped, "experts": state["experts"] + [entry]}
     write_jsonl(out_state_dir / "weights.jsonl", new_rows)
     write_json(out_state_dir / "state.json", new_state)
-    io.publish({"state": out_state_dir})
     flat = np.concatenate([np.asarray(r["weights"]) for r in new_rows])
-    print(f"[{key}] alpha={alpha:.4f} max weight = {flat.max() * flat.size:.2f} × uniform"
-          + ("; stopped" if stopped else ""), flush=True)
+    io.publish({"state": out_state_dir}, message=f"alpha={alpha:.4f} max weight = {flat.max() * flat.size:.2f} × "
+                                                 "uniform" + ("; stopped" if stopped else ""))
     return new_state
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def work():
-        cfg = load_config(args.config, args.overrides)
-        run(cfg.boosting, round_=args.round, state_dir=Path(args.state), expert_dir=Path(args.expert),
-            out_state_dir=Path(args.out_state), run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
-
-    return run_main(work)
+    return step_main(build_parser(), argv, lambda a, cfg, **io: run(
+        cfg.boosting, round_=a.round, state_dir=Path(a.state), expert_dir=Path(a.expert),
+        out_state_dir=Path(a.out_state), **io))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ensemw2s.config import ConfigError, StorageConfig
+from ensemw2s.config import StorageConfig, load_config
+from ensemw2s.errors import MissingObjectError, call_reporting_user_errors
+from ensemw2s.provenance import code_commit, produced_record
 
 log = logging.getLogger("ensemw2s.steps")
 
@@ -110,14 +111,14 @@ class StepIO:
 
     def _produced_timing(self) -> Optional[dict]:
         """The timing record of the execution that computed this step's outputs (None when none was kept)."""
-        from ensemw2s.storage import MissingObjectError
-
         try:
             return produced_record(self.store.get_json(self.run_id, self.step, "timing.json"))
         except MissingObjectError:
             return None
 
-    def publish(self, outputs: dict[str, Path], extra: Optional[dict] = None) -> None:
+    def publish(self, outputs: dict[str, Path], extra: Optional[dict] = None, message: str = "") -> None:
+        """Mark every output complete locally, upload it (manifest last), record the timing; then print
+        ``[<step>] <message>``, the step's one-line result."""
         for output, path in outputs.items():
             mark_local(Path(path), {"run_id": self.run_id, "step": self.step, "output": output,
                                     "config_hash": self.config_hash})
@@ -125,6 +126,8 @@ class StepIO:
                 self.store.put_dir(Path(path), self.run_id, self.step, output, producer=self.step,
                                    config_hash=self.config_hash, extra=extra)
         self._timing(restored=False)
+        if message:
+            print(f"[{self.step}] {message}", flush=True)
 
     def fetch(self, path: Optional[str | Path], producer: str, output: str) -> Path:
         """Local folder of an upstream artifact, downloaded from storage when it is not here."""
@@ -163,38 +166,34 @@ def base_parser(step: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def user_error_code(exc: BaseException) -> Optional[int]:
-    """Exit code of a user-facing error (the command prints one ``error:`` line), None for a bug (traceback).
-
-    2: the config or command line (ConfigError); 1: data, models, assets, object storage or a stored artifact
-    (DataError, FileNotFoundError, ModelError, AssetError, StorageError and its MissingObjectError /
-    CorruptArtifactError). Shared by ``ensemw2s`` and every ``python -m ensemw2s.steps.<step>``."""
-    from ensemw2s.assets import AssetError
-    from ensemw2s.data import DataError
-    from ensemw2s.storage import StorageError
-    from ensemw2s.training import ModelError
-
-    if isinstance(exc, ConfigError):
-        return 2
-    if isinstance(exc, (DataError, FileNotFoundError, StorageError, AssetError, ModelError)):
-        return 1
-    return None
-
-
 def run_main(fn: Callable[[], object]) -> int:
     """Run a step's work; user errors print one clear line and exit 2 (config) or 1 (other)."""
     logging.basicConfig(level=os.environ.get("ENSEMW2S_LOG", "INFO"), format="%(message)s")
     t0 = time.perf_counter()
-    try:
+
+    def work() -> int:
         fn()
-    except Exception as exc:  # noqa: BLE001 - user-facing errors become one line; anything else is re-raised
-        code = user_error_code(exc)
-        if code is None:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return code
-    print(f"done in {time.perf_counter() - t0:.1f} s", flush=True)
-    return 0
+        print(f"done in {time.perf_counter() - t0:.1f} s", flush=True)
+        return 0
+
+    return call_reporting_user_errors(work)
+
+
+def step_main(parser: argparse.ArgumentParser, argv, work: Callable[..., object]) -> int:
+    """``python -m ensemw2s.steps.<step>``: parse the flags, load the config (``--config`` / ``--set``) and call
+    ``work(args, cfg, run_id=..., storage=..., resume=...)`` — the object-storage arguments every step's
+    ``run()`` takes — under :func:`run_main`."""
+    args = parser.parse_args(argv)
+
+    def go():
+        cfg = load_config(args.config, args.overrides)
+        work(args, cfg, run_id=args.run_id, storage=cfg.storage, resume=not args.no_resume)
+
+    return run_main(go)
+
+
+def optional_path(value: Optional[str]) -> Optional[Path]:
+    return Path(value) if value else None
 
 
 def read_json(path: Path) -> dict:
@@ -204,107 +203,3 @@ def read_json(path: Path) -> dict:
 def write_json(path: Path, obj) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=1, sort_keys=True))
-
-
-# --------------------------------------------------------------------------- the ensemble in a state
-
-
-def ensemble_members(state: dict, io: StepIO, members: str, upto: Optional[int] = None) -> list[dict]:
-    """Experts of a boosting state as ``[{round, alpha, path, lora, base_model}]``.
-
-    ``members``: ``all`` = every expert with alpha > 0 (the EnsemW2S ensemble), ``first`` = the round-1
-    expert alone (the single-weak-expert baseline, whatever its alpha). ``upto``: only rounds <= upto.
-    """
-    experts = [e for e in state["experts"] if upto is None or e["round"] <= upto]
-    if members == "first":
-        chosen = [e for e in experts if e["round"] == 1]
-        if chosen and chosen[0]["alpha"] <= 0:
-            chosen = [{**chosen[0], "alpha": 1.0}]
-    elif members == "all":
-        chosen = [e for e in experts if not e["skipped"] and e["alpha"] > 0]
-    else:
-        raise ValueError(f"members must be 'all' or 'first', got {members!r}")
-    if not chosen:
-        raise ValueError(f"no usable expert in the boosting state (rounds {[e['round'] for e in experts]}, "
-                         "all with alpha <= 0?)")
-    # a recorded path is only usable on the machine (or pod) that wrote it; elsewhere fetch into the cache
-    return [{**e, "path": str(io.fetch(e["path"] if Path(e["path"]).is_dir() else None, e["step"], e["output"])
-                              / "model")} for e in chosen]
-
-
-def open_decoder(members: list[dict], combine: str, batch_size: int):
-    """An EnsembleDecoder over the members; LoRA experts of one base share its weights."""
-    from ensemw2s.ensemble import EnsembleDecoder
-    from ensemw2s.training import load_causal_lm, load_saved
-
-    alphas = [m["alpha"] for m in members]
-    if all(m.get("lora") for m in members) and len({m["base_model"] for m in members}) == 1:
-        base, tok = load_causal_lm(members[0]["base_model"])
-        return EnsembleDecoder.from_lora_adapters(base, [m["path"] for m in members], alphas, tok,
-                                                  combine=combine, batch_size=batch_size)
-    loaded = [load_saved(m["path"]) for m in members]
-    return EnsembleDecoder([m for m, _ in loaded], alphas, loaded[0][1], combine=combine, batch_size=batch_size)
-
-
-def option_logprobs_by_round(members: list[dict], splits: dict[str, list[dict]],
-                             batch_size: int) -> dict[int, dict[str, dict]]:
-    """Each member loaded once and scored on every split given: ``{round: {split: {id: per-option token
-    log-probs}}}``."""
-    from ensemw2s.evaluation import option_logprobs
-    from ensemw2s.training import load_saved
-
-    out = {}
-    for m in members:
-        model, tok = load_saved(m["path"])
-        out[m["round"]] = {name: option_logprobs(model, tok, rows, batch_size=batch_size)
-                           for name, rows in splits.items()}
-        del model
-    return out
-
-
-def produced_record(timing: dict) -> Optional[dict]:
-    """From a step's timing.json record, the record of the execution that computed its outputs: the record
-    itself, or for a restored step the one it kept under ``produced`` (None when none was kept)."""
-    return timing.get("produced") if timing.get("restored") else timing
-
-
-def code_commit() -> str:
-    """The source commit this code runs from: ``$ENSEMW2S_COMMIT`` (set by ``ensemw2s run`` for its steps, or by
-    an image build), else ``git rev-parse`` of the checkout with ``+dirty`` for uncommitted changes to tracked
-    files; "" when neither is known (an installed package without the variable)."""
-    if os.environ.get("ENSEMW2S_COMMIT"):
-        return os.environ["ENSEMW2S_COMMIT"]
-    import subprocess
-
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=False, timeout=10)
-        if head.returncode != 0:
-            return ""
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=False, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def chosen_members(active: list[dict], splits_dir: Path, select: str, batch_size: int,
-                   lp_val: Optional[dict] = None) -> tuple[list[dict], dict]:
-    """The EnsemW2S ensemble under ``ensemble.select_rounds``, from ``active`` = ``ensemble_members(state, io,
-    "all")``: ``all`` = every one of them; ``val`` = rounds 1..T with T chosen by option log-likelihood accuracy
-    on easy_val. ``lp_val``: the experts' option log-probs on easy_val by round when the caller has them.
-    Returns ``(members, {chosen_rounds, val_acc_by_round})``."""
-    if select == "all":
-        return active, {"chosen_rounds": max(m["round"] for m in active), "val_acc_by_round": None}
-    if select != "val":
-        raise ConfigError(f"ensemble.select_rounds: {select!r} is not allowed; allowed values: all, val")
-    from ensemw2s.data import read_jsonl
-    from ensemw2s.evaluation import select_rounds
-
-    val = read_jsonl(Path(splits_dir) / "easy_val.jsonl")
-    if lp_val is None:
-        lp_val = {r: lp["easy_val"] for r, lp in option_logprobs_by_round(active, {"easy_val": val},
-                                                                          batch_size).items()}
-    t, accs = select_rounds(val, lp_val, active)
-    return [m for m in active if m["round"] <= t], {"chosen_rounds": t, "val_acc_by_round": accs}

@@ -1,0 +1,94 @@
+"""Ensemble membership: which experts of a boosting state form an ensemble, their weights, and opening them.
+
+- :func:`ensemble_members`: the experts of a state (the EnsemW2S ensemble, or the round-1 expert alone);
+- :func:`chosen_members`: rounds 1..T with T chosen on easy_val (never on a test set);
+- :func:`open_decoder`: an :class:`~ensemw2s.ensemble.EnsembleDecoder` over them (LoRA experts of one base
+  share its weights);
+- :func:`option_logprobs_by_round`: each expert loaded once and scored on every split given.
+
+Used by the ``pseudo_label`` and ``evaluate`` steps.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from ensemw2s.errors import ConfigError
+
+Fetch = Callable[[Optional[str], str, str], Path]
+
+
+def ensemble_members(state: dict, fetch: Fetch, members: str, upto: Optional[int] = None) -> list[dict]:
+    """Experts of a boosting state as ``[{round, alpha, path, lora, base_model}]``.
+
+    ``members``: ``all`` = every expert with alpha > 0 (the EnsemW2S ensemble), ``first`` = the round-1
+    expert alone (the single-weak-expert baseline, whatever its alpha). ``upto``: only rounds <= upto.
+    ``fetch(local path or None, producer step, output)``: the local folder of an expert's artifact
+    (:meth:`ensemw2s.steps.stepio.StepIO.fetch`).
+    """
+    experts = [e for e in state["experts"] if upto is None or e["round"] <= upto]
+    if members == "first":
+        chosen = [e for e in experts if e["round"] == 1]
+        if chosen and chosen[0]["alpha"] <= 0:
+            chosen = [{**chosen[0], "alpha": 1.0}]
+    elif members == "all":
+        chosen = [e for e in experts if not e["skipped"] and e["alpha"] > 0]
+    else:
+        raise ValueError(f"members must be 'all' or 'first', got {members!r}")
+    if not chosen:
+        raise ValueError(f"no usable expert in the boosting state (rounds {[e['round'] for e in experts]}, "
+                         "all with alpha <= 0?)")
+    # a recorded path is only usable on the machine (or pod) that wrote it; elsewhere fetch into the cache
+    return [{**e, "path": str(fetch(e["path"] if Path(e["path"]).is_dir() else None, e["step"], e["output"])
+                              / "model")} for e in chosen]
+
+
+def open_decoder(members: list[dict], combine: str, batch_size: int):
+    """An EnsembleDecoder over the members; LoRA experts of one base share its weights."""
+    from ensemw2s.ensemble import EnsembleDecoder
+    from ensemw2s.modeling import load_causal_lm, load_saved
+
+    alphas = [m["alpha"] for m in members]
+    if all(m.get("lora") for m in members) and len({m["base_model"] for m in members}) == 1:
+        base, tok = load_causal_lm(members[0]["base_model"])
+        return EnsembleDecoder.from_lora_adapters(base, [m["path"] for m in members], alphas, tok,
+                                                  combine=combine, batch_size=batch_size)
+    loaded = [load_saved(m["path"]) for m in members]
+    return EnsembleDecoder([m for m, _ in loaded], alphas, loaded[0][1], combine=combine, batch_size=batch_size)
+
+
+def option_logprobs_by_round(members: list[dict], splits: dict[str, list[dict]],
+                             batch_size: int) -> dict[int, dict[str, dict]]:
+    """Each member loaded once and scored on every split given: ``{round: {split: {id: per-option token
+    log-probs}}}``."""
+    from ensemw2s.evaluation import option_logprobs
+    from ensemw2s.modeling import load_saved
+
+    out = {}
+    for m in members:
+        model, tok = load_saved(m["path"])
+        out[m["round"]] = {name: option_logprobs(model, tok, rows, batch_size=batch_size)
+                           for name, rows in splits.items()}
+        del model
+    return out
+
+
+def chosen_members(active: list[dict], splits_dir: Path, select: str, batch_size: int,
+                   lp_val: Optional[dict] = None) -> tuple[list[dict], dict]:
+    """The EnsemW2S ensemble under ``ensemble.select_rounds``, from ``active`` = ``ensemble_members(state, io,
+    "all")``: ``all`` = every one of them; ``val`` = rounds 1..T with T chosen by option log-likelihood accuracy
+    on easy_val. ``lp_val``: the experts' option log-probs on easy_val by round when the caller has them.
+    Returns ``(members, {chosen_rounds, val_acc_by_round})``."""
+    if select == "all":
+        return active, {"chosen_rounds": max(m["round"] for m in active), "val_acc_by_round": None}
+    if select != "val":
+        raise ConfigError(f"ensemble.select_rounds: {select!r} is not allowed; allowed values: all, val")
+    from ensemw2s.data import read_jsonl
+    from ensemw2s.evaluation import select_rounds
+
+    val = read_jsonl(Path(splits_dir) / "easy_val.jsonl")
+    if lp_val is None:
+        lp_val = {r: lp["easy_val"] for r, lp in option_logprobs_by_round(active, {"easy_val": val},
+                                                                          batch_size).items()}
+    t, accs = select_rounds(val, lp_val, active)
+    return [m for m in active if m["round"] <= t], {"chosen_rounds": t, "val_acc_by_round": accs}

@@ -1,0 +1,90 @@
+"""One table of step keys: the name of every step execution of a run.
+
+A key names the KFP task (its display name), the step's folder in object storage (``runs/<run_id>/<key>/``),
+the producer a downstream step fetches its inputs from, and the ``--step`` of ``ensemw2s rerun-step``.
+:func:`run_steps` lists them for a run of T rounds in DAG order, with how to run each one alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SOURCES = ("ensemble", "single", "gold")  # where a student's labels come from: one student per source
+EVAL_TARGETS = ("experts",) + tuple(f"student-{s}" for s in SOURCES)
+# the model name a student is reported under, by label source
+STUDENT_MODELS = {"single": "student_single", "ensemble": "student_ensemble", "gold": "ceiling"}
+SPLIT_DATA = "split_data"
+REPORT = "report"
+RUN_SUMMARY = "run-summary"  # not a step: the run's config and summary, stored beside the steps
+
+
+def train_expert(round_: int) -> str:
+    return f"train_expert-r{int(round_)}"
+
+
+def update_weights(round_: int) -> str:
+    return f"update_weights-r{int(round_)}"
+
+
+def state_after(round_: int) -> str:
+    """The step whose ``state`` output is the boosting state after ``round_`` rounds (0: the initial one)."""
+    return SPLIT_DATA if round_ == 0 else update_weights(round_)
+
+
+def pseudo_label(source: str) -> str:
+    return f"pseudo_label-{source}"
+
+
+def train_student(source: str) -> str:
+    return f"train_student-{source}"
+
+
+def evaluate(target: str) -> str:
+    return f"evaluate-{target}"
+
+
+def label_state(source: str, rounds: int) -> str:
+    """The boosting state a label source reads: gold labels need no experts, so they read the initial one."""
+    return state_after(0 if source == "gold" else rounds)
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """How to run one step alone (``python -m ensemw2s.steps.<module>``): its fixed flags, each input flag
+    with the (producer key, output) it reads, and each output flag with (output, summary JSON inside it)."""
+
+    key: str
+    module: str
+    fixed: tuple = ()
+    inputs: tuple = ()  # ((flag, producer key, output), ...)
+    outputs: tuple = ()  # ((flag, output, summary file), ...)
+
+
+def run_steps(rounds: int) -> dict[str, StepRun]:
+    """Every step of a run of ``rounds`` boosting rounds, in DAG order."""
+    T = int(rounds)
+    steps = [StepRun(SPLIT_DATA, "split_data", outputs=(("--splits", "splits", "split.json"),
+                                                        ("--state", "state", "state.json")))]
+    splits = ("--splits", SPLIT_DATA, "splits")
+    for t in range(1, T + 1):
+        steps.append(StepRun(train_expert(t), "train_expert", ("--round", t),
+                             (splits, ("--state", state_after(t - 1), "state")),
+                             (("--expert", "expert", "expert.json"),)))
+        steps.append(StepRun(update_weights(t), "update_weights", ("--round", t),
+                             (("--state", state_after(t - 1), "state"), ("--expert", train_expert(t), "expert")),
+                             (("--out-state", "state", "state.json"),)))
+    for s in SOURCES:
+        steps.append(StepRun(pseudo_label(s), "pseudo_label", ("--source", s, "--rounds", T),
+                             (splits, ("--state", label_state(s, T), "state")),
+                             (("--labels", "labels", "labels.json"),)))
+        steps.append(StepRun(train_student(s), "train_student", ("--source", s),
+                             (("--labels", pseudo_label(s), "labels"),), (("--student", "student", "student.json"),)))
+    steps.append(StepRun(evaluate("experts"), "evaluate", ("--target", "experts"),
+                         (splits, ("--state", state_after(T), "state")), (("--out", "eval", "eval.json"),)))
+    for s in SOURCES:
+        steps.append(StepRun(evaluate(f"student-{s}"), "evaluate", ("--target", f"student-{s}"),
+                             (splits, ("--student", train_student(s), "student")),
+                             (("--out", "eval", "eval.json"),)))
+    steps.append(StepRun(REPORT, "report", (),
+                         tuple((f"--eval-{t}", evaluate(t), "eval") for t in EVAL_TARGETS),
+                         (("--out", "report", "metrics.json"),)))
+    return {s.key: s for s in steps}
