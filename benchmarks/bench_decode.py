@@ -1,27 +1,35 @@
-"""Ensemble decoding throughput and memory: EnsembleDecoder vs HF generate vs a naive no-cache ensemble.
+"""Ensemble decoding throughput and memory: the stacked LoRA decoder vs HF generate vs today's decoders vs a
+naive no-cache ensemble; and option scoring of K LoRA experts in one forward.
 
 Greedy decoding of ARC-Easy test prompts (the pipeline's prompt format), 32 new tokens, K = 1, 3, 5 experts.
 Experts: SmolLM2-135M-Instruct (dequantised, fp32, eager attention as ``load_causal_lm`` loads it on CPU), each
 with its own small random LoRA adapter (r=16 on all projections, lora_B ~ N(0, 0.005)) so the copies differ.
 
-* (a) ``EnsembleDecoder`` over K *merged* copies (K separate models), the project's batch size (16), KV cache.
-* (a') ``EnsembleDecoder.from_lora_adapters``: one base + K unmerged adapters (what pseudo_label uses), vs
-  K merged models, K = 3, on the first 16 questions.
+* (s) ``EnsembleDecoder.from_lora_adapters`` (default ``mode="stacked"``): one base + K adapters, ALL K experts
+  in ONE forward per token (the batch holds every prompt once per expert, block k through adapter k, our
+  grouped LoRA matmul), one KV cache for the stacked batch. What pseudo_label and evaluate use. Also at K = 3
+  with peft's mixed-adapter batches (``lora_impl="peft"``) instead of our grouped matmul.
+* today's decoders: (m) ``EnsembleDecoder`` over K *merged* copies (K separate models, one forward each) and
+  (w) ``from_lora_adapters(mode="switch")`` (base once, one forward per expert with its adapter switched on,
+  one KV cache per expert; the LoRA path before the stacked one), K = 3.
 * (b) HF ``generate`` (greedy, KV cache) of one merged copy, same prompts, same batches of 16 (longest first,
-  left padding).
+  left padding): the single-model throughput.
 * (c) ``reference_generate_ids`` (one prompt at a time, no cache, full prefix recomputed for every token) at
   K = 3 on 2 questions; (c') a batched no-cache variant (one left-padded batch of 4 questions, full prefix
   every token). Both only decode 8 new tokens (their cost grows with the prefix, so this favours them); their
-  per-token rates are compared with (a)'s over all questions and 32 tokens.
-* (a'') a prototype, not in src: the K adapters in ONE forward per token (peft mixed-adapter batches).
+  per-token rates are compared with (m)'s over all questions and 32 tokens.
+* option scoring, K = 3, ARC-Easy test questions: each expert alone (base + its adapter, one forward per
+  expert: what ``option_logprobs_by_round`` did before), stacked (one forward for the 3), and each expert
+  merged into its own copy of the base.
 
-EOS is disabled everywhere (tokenizer without EOS, ``generation_config.eos_token_id = None``), so every method
-decodes exactly ``new`` tokens per question and tokens/s compare like for like (tokens = questions x new).
-Each measurement runs in a fresh interpreter: one warm-up decode (2 prompts x 2 tokens) after loading, then
-one timed decode. Memory: peak RSS during the timed decode above the RSS after loading (``VmHWM`` reset
-through ``/proc/self/clear_refs``) plus the experts' weights (exact parameter bytes) vs weights + the KV
-caches (analytic: K x layers x 2 x kv_heads x head_dim x fp32 x rows x (longest prompt + new) of the largest
-batch; batches decode one after the other).
+All decoders run at the pipeline's batch size (16). EOS is disabled everywhere (tokenizer without EOS,
+``generation_config.eos_token_id = None``), so every method decodes exactly ``new`` tokens per question and
+tokens/s compare like for like (tokens = questions x new). Each measurement runs in a fresh interpreter: one
+warm-up decode (2 prompts x 2 tokens) after loading, then one timed decode. Memory: peak RSS during the timed
+decode above the RSS after loading (``VmHWM`` reset through ``/proc/self/clear_refs``) plus the weights in
+memory (exact parameter bytes: K merged copies, or the base + K adapters) vs weights + the KV caches
+(analytic: K x layers x 2 x kv_heads x head_dim x fp32 x rows x (longest prompt + new) of the largest batch;
+batches decode one after the other).
 """
 from __future__ import annotations
 
@@ -39,12 +47,11 @@ import _common as C
 MODEL = "smollm2-135m"
 N_Q, NEW, BATCH = (4, 4, 2) if C.QUICK else (64, 32, 16)
 KS = (1, 2) if C.QUICK else (1, 3, 5)
-K_NAIVE = 2 if C.QUICK else 3
+K_NAIVE = 2 if C.QUICK else 3  # also the K of the switch decoder, peft's mixed batches and option scoring
 N_REF = 1 if C.QUICK else 2  # questions for (c), one prompt at a time
 N_NOCACHE = 2 if C.QUICK else 4  # questions for (c')
 NEW_NAIVE = 4 if C.QUICK else 8  # new tokens for (c) and (c'): short prefixes, which favours them
-KS_LORA = (2,) if C.QUICK else (3,)  # shared-base LoRA decoding vs K merged models ...
-N_LORA = 2 if C.QUICK else 16  # ... on the first N_LORA questions (all three variants)
+N_SCORE = 4 if C.QUICK else 64  # questions for option scoring
 LORA_STD = 0.005
 
 
@@ -141,42 +148,52 @@ def _nocache_batched(models, weights, tok, prompts, new):
     return ids[:, -new:].tolist()
 
 
-def _mixed_adapter_decode(peft_model, names, weights, tok, prompts, new, batch):
-    """Prototype: the K LoRA experts of one base decoded in ONE forward per token. Each batch is repeated K
-    times, row block k runs with adapter k (peft's mixed-adapter batches, ``adapter_names=``), one KV cache
-    of K x rows; the base weights are read once per token instead of K times."""
+def _score(spec: dict) -> dict:
+    """Option scoring of K LoRA experts: 'alone' (base + one adapter, one forward per expert), 'stacked' (one
+    forward for all K) or 'merged' (each expert merged into its own base copy)."""
     import torch
-    from transformers import DynamicCache
 
-    from ensemw2s.ensemble import mixture_next_token_scores
-    from ensemw2s.training import pad_batch
+    from ensemw2s.data import format_prompt
+    from ensemw2s.evaluation import option_logprobs
+    from ensemw2s.modeling import MultiAdapter, load_lora_adapters
 
-    enc = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
-    out = [None] * len(enc)
-    K = len(names)
-    with torch.inference_mode():
-        for b in range(0, len(order), batch):
-            idx = order[b:b + batch]
-            ids, mask = pad_batch([enc[i] for i in idx], tok.pad_token_id, left=True)
-            n = ids.shape[0]
-            mask = mask.repeat(K, 1)
-            rows_adapter = [name for name in names for _ in range(n)]
-            cache = DynamicCache()
-            step_ids, pos = ids.repeat(K, 1), (mask.cumsum(-1) - 1).clamp(min=0)
-            gen = []
-            for _ in range(new):
-                logits = peft_model(input_ids=step_ids, attention_mask=mask, position_ids=pos,
-                                    past_key_values=cache, use_cache=True, logits_to_keep=1,
-                                    adapter_names=rows_adapter).logits[:, -1, :]
-                nxt = mixture_next_token_scores(list(logits.view(K, n, -1)), weights).argmax(-1)
-                gen.append(nxt)
-                mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype)], dim=-1)
-                pos = mask.sum(-1, keepdim=True) - 1
-                step_ids = nxt.repeat(K).unsqueeze(-1)
-            for i, row in zip(idx, torch.stack(gen, -1).tolist()):
-                out[i] = row
-    return out
+    mode, K = spec["mode"], spec["K"]
+    adapters = spec["adapters"][:K]
+    rows = C.arc_rows(spec["n"], "test")
+    t0 = time.perf_counter()
+    if mode == "score_stacked":
+        base, tok = _load_base()
+        names = [f"e{k}" for k in range(K)]
+        model = load_lora_adapters(base, adapters, names)
+        multi = MultiAdapter(model, names)
+        models = [model]
+
+        def fn(rs):
+            return option_logprobs(model, tok, rs, batch_size=BATCH, adapters=multi)
+    else:
+        from peft import PeftModel
+
+        if mode == "score_alone":
+            models = []
+            for a in adapters:
+                base, tok = _load_base()
+                models.append(PeftModel.from_pretrained(base, a).eval())
+        else:
+            loaded = [_merged(a) for a in adapters]
+            models, tok = [m for m, _ in loaded], loaded[0][1]
+
+        def fn(rs):
+            return [option_logprobs(m, tok, rs, batch_size=BATCH) for m in models]
+    load_s = time.perf_counter() - t0
+    fn(rows[:2])  # warm-up
+    t0 = time.perf_counter()
+    lps = fn(rows)
+    seconds = time.perf_counter() - t0
+    n_tok = sum(len(tok(format_prompt(r), add_special_tokens=True)["input_ids"]) for r in rows)
+    return {"mode": mode, "K": K, "n": len(rows), "seconds": seconds, "load_s": load_s,
+            "questions_s": len(rows) / seconds, "prompt_tokens": n_tok, "weights_bytes": _param_bytes(models),
+            "threads": torch.get_num_threads(),
+            "lp": [[lp[r["id"]] for r in rows] for lp in lps]}
 
 
 def child(spec: dict) -> dict:
@@ -187,13 +204,16 @@ def child(spec: dict) -> dict:
 
     rss0 = C.rss_bytes()
     mode, K, n, new, batch = spec["mode"], spec["K"], spec["n"], spec["new"], spec["batch"]
+    if mode.startswith("score_"):
+        return _score(spec)
     adapters = spec["adapters"][:K]
     alphas = [1.0 + 0.25 * k for k in range(K)]  # unequal weights, like boosting's
     prompts = C.arc_prompts(n)
     t_load = time.perf_counter()
-    if mode in ("ours_lora", "lora_mixed"):
+    if mode in ("stacked", "switch"):
         base, tok = _load_base()
-        dec = EnsembleDecoder.from_lora_adapters(base, adapters, alphas, NoEos(tok), batch_size=batch)
+        dec = EnsembleDecoder.from_lora_adapters(base, adapters, alphas, NoEos(tok), batch_size=batch, mode=mode,
+                                                 lora_impl=spec.get("impl", "grouped"))
         models = [dec.models[0]]
     else:
         loaded = [_merged(a) for a in adapters]
@@ -202,19 +222,12 @@ def child(spec: dict) -> dict:
     load_s = time.perf_counter() - t_load
     lengths = [len(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
 
-    if mode in ("ours", "ours_lora"):
+    if mode in ("merged", "stacked", "switch"):
         def fn(ps, k):
             return dec.generate_ids(ps, k)
     elif mode == "hf":
         def fn(ps, k):
             return _hf_generate(models[0], tok, ps, k, batch)
-    elif mode == "lora_mixed":
-        from ensemw2s.boosting import normalise_alphas
-
-        names, w = [e.adapter for e in dec._experts], normalise_alphas(alphas)
-
-        def fn(ps, k):
-            return _mixed_adapter_decode(models[0], names, w, tok, ps, k, batch)
     elif mode == "ref":
         def fn(ps, k):
             return reference_generate_ids(models, alphas, NoEos(tok), ps, k)
@@ -238,16 +251,13 @@ def child(spec: dict) -> dict:
     hwm = C.peak_rss_bytes()
     tokens = sum(len(r) for r in ids)
     cfg = (models[0].get_base_model() if hasattr(models[0], "get_base_model") else models[0]).config
-    res = {"mode": mode, "K": K, "n": n, "new": new, "batch": batch, "seconds": seconds, "tokens": tokens,
-           "tok_s": tokens / seconds, "load_s": load_s, "prompt_len_mean": sum(lengths) / len(lengths),
-           "prompt_len_max": max(lengths), "rss_start": rss0, "rss_loaded": rss_loaded,
-           "decode_peak_extra": (hwm - rss_loaded) if can_reset else None,
-           "weights_bytes": _param_bytes(models), "kv_bytes": _kv_bytes(cfg, K, lengths, new, batch),
-           "threads": torch.get_num_threads(), "ids": ids}
-    if spec.get("check_against_ours"):
-        ours = dec.generate_ids(prompts, new)
-        res["same_ids_as_ours"] = sum(a == b for a, b in zip(ours, ids)) / len(ids)
-    return res
+    return {"mode": mode, "K": K, "n": n, "new": new, "batch": batch, "impl": spec.get("impl"),
+            "seconds": seconds, "tokens": tokens,
+            "tok_s": tokens / seconds, "load_s": load_s, "prompt_len_mean": sum(lengths) / len(lengths),
+            "prompt_len_max": max(lengths), "rss_start": rss0, "rss_loaded": rss_loaded,
+            "decode_peak_extra": (hwm - rss_loaded) if can_reset else None,
+            "weights_bytes": _param_bytes(models), "kv_bytes": _kv_bytes(cfg, K, lengths, new, batch),
+            "threads": torch.get_num_threads(), "ids": ids}
 
 
 def make_adapters(out: Path, K: int) -> list[str]:
@@ -277,6 +287,11 @@ def make_adapters(out: Path, K: int) -> list[str]:
 # ------------------------------------------------------------------------------------------ parent side
 
 
+def _max_diff(a, b) -> float:
+    """Largest difference between two experts' option scores ([question][option][token])."""
+    return max((abs(x - y) for qa, qb in zip(a, b) for oa, ob in zip(qa, qb) for x, y in zip(oa, ob)), default=0.0)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -295,85 +310,118 @@ def main() -> int:
         def run(key, **spec):
             r = C.run_child(Path(__file__), {**base, **spec})
             runs[key] = r
-            print(f"  {key:14s} {r['tok_s']:8.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s, "
-                  f"load {r['load_s']:.1f} s)", flush=True)
+            if "tok_s" in r:
+                print(f"  {key:16s} {r['tok_s']:8.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s, "
+                      f"load {r['load_s']:.1f} s)", flush=True)
+            else:
+                print(f"  {key:16s} {r['questions_s']:8.2f} questions/s  ({r['n']} questions x {r['K']} experts in "
+                      f"{r['seconds']:.1f} s, load {r['load_s']:.1f} s)", flush=True)
             return r
 
         run("hf", mode="hf", K=1)
         for K in KS:
-            run(f"ours_K{K}", mode="ours", K=K)
-        for K in KS_LORA:
-            run(f"merged16_K{K}", mode="ours", K=K, n=N_LORA)
-            run(f"lora_K{K}", mode="ours_lora", K=K, n=N_LORA)
-            run(f"mixed_K{K}", mode="lora_mixed", K=K, n=N_LORA)
+            run(f"stacked_K{K}", mode="stacked", K=K)
+            run(f"merged_K{K}", mode="merged", K=K)
+        run(f"switch_K{K_NAIVE}", mode="switch", K=K_NAIVE)
+        run(f"stackedpeft_K{K_NAIVE}", mode="stacked", K=K_NAIVE, impl="peft")
         run(f"ref_K{K_NAIVE}", mode="ref", K=K_NAIVE, n=N_REF, new=NEW_NAIVE)
         run(f"nocache_K{K_NAIVE}", mode="nocache", K=K_NAIVE, n=N_NOCACHE, batch=N_NOCACHE, new=NEW_NAIVE)
+        for m in ("alone", "stacked", "merged"):
+            run(f"score_{m}_K{K_NAIVE}", mode=f"score_{m}", K=K_NAIVE, n=N_SCORE)
 
     def same(a, b):  # share of a's prompts whose ids equal b's (b cut to a's length)
         ia, ib = runs[a]["ids"], runs[b]["ids"]
         return sum(x == y[:len(x)] for x, y in zip(ia, ib)) / len(ia)
 
-    for key in (f"ref_K{K_NAIVE}", f"nocache_K{K_NAIVE}"):
-        runs[key]["same_ids_as_ours"] = same(key, f"ours_K{K_NAIVE}")
-    for K in KS_LORA:
-        runs[f"mixed_K{K}"]["same_ids_as_ours"] = same(f"mixed_K{K}", f"lora_K{K}")
-        runs[f"lora_K{K}"]["same_ids_as_merged"] = same(f"lora_K{K}", f"merged16_K{K}")
-    runs["ours_K1"]["same_ids_as_hf"] = same("ours_K1", "hf")
+    kn = K_NAIVE
+    for key in (f"ref_K{kn}", f"nocache_K{kn}"):
+        runs[key]["same_ids_as_merged"] = same(key, f"merged_K{kn}")
+    for K in KS:
+        runs[f"stacked_K{K}"]["same_ids_as_merged"] = same(f"stacked_K{K}", f"merged_K{K}")
+    runs[f"stacked_K{kn}"]["same_ids_as_switch"] = same(f"stacked_K{kn}", f"switch_K{kn}")
+    runs[f"stackedpeft_K{kn}"]["same_ids_as_switch"] = same(f"stackedpeft_K{kn}", f"switch_K{kn}")
+    runs["stacked_K1"]["same_ids_as_hf"] = same("stacked_K1", "hf")
+    runs["merged_K1"]["same_ids_as_hf"] = same("merged_K1", "hf")
+    alone = runs[f"score_alone_K{kn}"]["lp"]
+    for m in ("stacked", "merged"):
+        r = runs[f"score_{m}_K{kn}"]
+        r["max_abs_diff_vs_alone"] = max(_max_diff(a, b) for a, b in zip(alone, r["lp"]))
 
     hf = runs["hf"]["tok_s"]
     lens = runs["hf"]
     print(f"\nbench_decode: {MODEL} fp32, {N_Q} ARC-Easy test prompts (mean {lens['prompt_len_mean']:.0f}, max "
           f"{lens['prompt_len_max']} tokens), {NEW} new tokens, batch {BATCH}, {runs['hf']['threads']} threads; "
-          f"ours K=1 gives HF's token ids for {runs['ours_K1']['same_ids_as_hf']:.0%} of prompts")
-    rows = []
+          f"stacked K=1 gives HF's token ids for {runs['stacked_K1']['same_ids_as_hf']:.0%} of prompts, "
+          f"stacked K={kn} the switch decoder's for {runs[f'stacked_K{kn}']['same_ids_as_switch']:.0%}")
     verdicts = {}
+    rows = []
     for K in KS:
-        r = runs[f"ours_K{K}"]
-        ratio = r["tok_s"] / (hf / K)
-        ok = ratio >= 0.8
-        verdicts[f"speed_K{K}"] = ok
-        mem = r["weights_bytes"] + (r["decode_peak_extra"] or 0)
-        bound = r["weights_bytes"] + r["kv_bytes"]
-        mem_ok = mem <= 1.25 * bound if r["decode_peak_extra"] is not None else None
-        verdicts[f"memory_K{K}"] = mem_ok
-        rows.append([f"(a) ours K={K} (merged)", r["tok_s"], hf / K, ratio, C.verdict(ok),
-                     mem / 2**20, bound / 2**20, mem / bound, C.verdict(mem_ok)])
-    print(C.table(["decoder", "tok/s", "HF/K", "a/(HF/K)", ">=0.8", "mem MiB", "w+KV MiB", "ratio", "<=1.25"],
-                  rows, title="\n(a) vs (b): tokens/s; memory = weights + measured peak extra during decode"))
+        st, me = runs[f"stacked_K{K}"], runs[f"merged_K{K}"]
+        ratio = st["tok_s"] / hf
+        verdicts[f"stacked_vs_single_K{K}"] = (ratio >= 0.5) if K == kn else None
+        mem = st["weights_bytes"] + (st["decode_peak_extra"] or 0)
+        bound = st["weights_bytes"] + st["kv_bytes"]
+        mem_ok = mem <= 1.25 * bound if st["decode_peak_extra"] is not None else None
+        verdicts[f"stacked_memory_K{K}"] = mem_ok
+        rows.append([f"(s) stacked LoRA K={K}", st["tok_s"], ratio, C.verdict(verdicts[f"stacked_vs_single_K{K}"]),
+                     st["tok_s"] / me["tok_s"], mem / 2**20, bound / 2**20, mem / bound, C.verdict(mem_ok),
+                     f"{st['same_ids_as_merged']:.0%}"])
+    for K in KS:
+        me = runs[f"merged_K{K}"]
+        ratio = me["tok_s"] / (hf / K)
+        verdicts[f"merged_vs_hf_over_K_K{K}"] = ratio >= 0.8
+        mem = me["weights_bytes"] + (me["decode_peak_extra"] or 0)
+        bound = me["weights_bytes"] + me["kv_bytes"]
+        rows.append([f"(m) today: K={K} merged models", me["tok_s"], me["tok_s"] / hf,
+                     f"{ratio:.2f} x HF/K {C.verdict(ratio >= 0.8)}", 1.0, mem / 2**20, bound / 2**20, mem / bound,
+                     "", ""])
+    sw, sp = runs[f"switch_K{kn}"], runs[f"stackedpeft_K{kn}"]
+    st = runs[f"stacked_K{kn}"]
+    rows.append([f"(w) today: K={kn} switch LoRA", sw["tok_s"], sw["tok_s"] / hf, "",
+                 sw["tok_s"] / runs[f"merged_K{kn}"]["tok_s"], (sw["weights_bytes"] + (sw["decode_peak_extra"] or 0))
+                 / 2**20, (sw["weights_bytes"] + sw["kv_bytes"]) / 2**20, "", "", ""])
+    rows.append([f"(s') stacked K={kn}, peft mixed batches", sp["tok_s"], sp["tok_s"] / hf, "",
+                 sp["tok_s"] / runs[f"merged_K{kn}"]["tok_s"], "", "", "", "", f"{sp['same_ids_as_merged']:.0%}"
+                 if "same_ids_as_merged" in sp else ""])
+    rows.append(["(b) HF generate, 1 model", hf, 1.0, "", "", "", "", "", "", ""])
+    print(C.table(["decoder", "tok/s", "/ single", "K=3 >= 0.5", "/ merged", "mem MiB", "w+KV MiB", "ratio",
+                   "<=1.25", "ids = merged"], rows,
+                  title=f"\ntokens/s side by side; stacked vs today's decoders: stacked / switch at K={kn} = "
+                        f"{st['tok_s'] / sw['tok_s']:.2f}, grouped / peft's mixed batches = "
+                        f"{st['tok_s'] / sp['tok_s']:.2f}; memory = weights + measured peak extra during decode"))
 
-    ref, noc = runs[f"ref_K{K_NAIVE}"], runs[f"nocache_K{K_NAIVE}"]
-    ours_n = runs[f"ours_K{K_NAIVE}"]
+    ref, noc = runs[f"ref_K{kn}"], runs[f"nocache_K{kn}"]
+    ours_n = runs[f"merged_K{kn}"]
     r_ref, r_noc = ours_n["tok_s"] / ref["tok_s"], ours_n["tok_s"] / noc["tok_s"]
     verdicts["vs_naive_ref"] = r_ref >= 5
     verdicts["vs_naive_batched"] = r_noc >= 5
-    print(C.table([f"naive decoder (K={K_NAIVE}, {NEW_NAIVE} new tokens)", "questions", "tok/s", "ours tok/s", "ours/naive", ">=5",
-                   "same ids as ours"],
+    print(C.table([f"naive decoder (K={kn}, {NEW_NAIVE} new tokens)", "questions", "tok/s", "ours tok/s",
+                   "ours/naive", ">=5", "same ids as ours"],
                   [["(c) reference, 1 prompt, no cache", ref["n"], ref["tok_s"], ours_n["tok_s"], r_ref,
-                    C.verdict(r_ref >= 5), f"{ref['same_ids_as_ours']:.0%}"],
+                    C.verdict(r_ref >= 5), f"{ref['same_ids_as_merged']:.0%}"],
                    ["(c') batched, no cache", noc["n"], noc["tok_s"], ours_n["tok_s"], r_noc,
-                    C.verdict(r_noc >= 5), f"{noc['same_ids_as_ours']:.0%}"]],
-                  title=f"\n(a) vs (c): per-token rates (ours on all {N_Q} questions)"))
+                    C.verdict(r_noc >= 5), f"{noc['same_ids_as_merged']:.0%}"]],
+                  title=f"\n(m) vs (c): per-token rates (ours = K merged models on all {N_Q} questions)"))
 
     rows = []
-    for K in KS_LORA:
-        lo, me, mx = runs[f"lora_K{K}"], runs[f"merged16_K{K}"], runs[f"mixed_K{K}"]
-        rows.append([f"K={K}", me["tok_s"], lo["tok_s"], lo["tok_s"] / me["tok_s"], mx["tok_s"],
-                     f"{mx['same_ids_as_ours']:.0%}", me["weights_bytes"] / 2**20,
-                     lo["weights_bytes"] / 2**20, (me["weights_bytes"] - lo["weights_bytes"]) / 2**20,
-                     (me["rss_loaded"] - me["rss_start"]) / 2**20, (lo["rss_loaded"] - lo["rss_start"]) / 2**20])
-    print(C.table(["LoRA experts", "merged tok/s", "shared-base tok/s", "shared/merged",
-                   "1-forward proto tok/s", "proto ids = shared", "merged w MiB",
-                   "shared w MiB", "saved MiB", "merged RSS MiB", "shared RSS MiB"], rows,
-                  title=f"\nfrom_lora_adapters (base once, K unmerged adapters) vs K merged models, first {N_LORA} "
-                        "questions; 'proto' = all K adapters in one forward (not in src)"))
+    sa = runs[f"score_alone_K{kn}"]
+    for m in ("alone", "stacked", "merged"):
+        r = runs[f"score_{m}_K{kn}"]
+        rows.append([m, r["questions_s"], r["questions_s"] / sa["questions_s"], r["load_s"], r["weights_bytes"] / 2**20,
+                     r.get("max_abs_diff_vs_alone", 0.0)])
+    print(C.table([f"option scoring, K={kn} experts", "questions/s", "/ alone", "load s", "weights MiB",
+                   "max |d logp| vs alone"], rows,
+                  title=f"\noption scoring of {N_SCORE} ARC-Easy test questions by {kn} LoRA experts (batch {BATCH})"))
     total = time.perf_counter() - t_all
     print(f"load average at the end: {C.loadavg()} (1/5/15 min; {C.machine()['nproc']} CPUs)")
     print(f"\nbench_decode finished in {total:.0f} s; targets: "
-          + ", ".join(f"{k} {C.verdict(v)}" for k, v in verdicts.items()))
+          + ", ".join(f"{k} {C.verdict(v)}" for k, v in verdicts.items() if v is not None))
     for r in runs.values():
         r.pop("ids", None)
+        r.pop("lp", None)
     path = C.save("bench_decode", {"runs": runs, "verdicts": verdicts, "seconds": total,
-                                   "settings": {"n": N_Q, "new": NEW, "batch": BATCH, "ks": KS}})
+                                   "settings": {"n": N_Q, "new": NEW, "batch": BATCH, "ks": KS, "k_naive": kn,
+                                                "n_score": N_SCORE}})
     print(f"results: {path}")
     return 0
 

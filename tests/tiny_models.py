@@ -39,3 +39,27 @@ def make_model(tok, seed: int, vocab_size: int | None = None):
                       initializer_range=0.1, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, attn_implementation="eager")
     return LlamaForCausalLM(cfg).eval()
+
+
+def make_lora_adapters(build_base, out_dir, k: int, *, std: float = 0.3, r: int = 4, seed: int = 100) -> list[str]:
+    """``k`` LoRA adapters (all projections, ``lora_B ~ N(0, std)`` so the experts differ) of the model
+    ``build_base()`` returns, saved under ``out_dir/adapter_<i>``; returns the folders."""
+    from pathlib import Path
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    dirs = []
+    for i in range(k):
+        torch.manual_seed(seed + i)
+        model = get_peft_model(build_base(), LoraConfig(
+            r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, std)
+        d = Path(out_dir) / f"adapter_{i}"
+        model.save_pretrained(d)
+        dirs.append(str(d))
+    return dirs

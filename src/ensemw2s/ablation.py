@@ -11,7 +11,8 @@ Top-level keys (:data:`TOP_KEYS`):
   ``data.easy,data.hard: [[arc_easy, sciq], [arc_easy, arc_challenge]]``; one-at-a-time ablations list each
   variant as one such tuple). ``seed`` and ``storage.*`` cannot be varied.
 - ``seeds:`` every grid point runs once per seed (default: the base config's seed).
-- ``parallelism:`` at most this many seeds at once in the cluster pipeline (0 = no limit).
+- ``parallelism:`` at most this many (point, seed) runs at once in the cluster pipeline (0 = the bound that
+  ``resources.max_gpu_pods`` sets; a positive value is further capped by it).
 - ``fork_from:`` optional; ``base`` means each (point, seed) run starts from a copy of the artifacts of the
   base config's run of the same seed (``ensemw2s run --from-run``), so only the steps whose config or inputs
   the point changes are recomputed. Used by the results page, whose base runs are its seeds; the cluster
@@ -245,7 +246,7 @@ def ablation_from_dict(data: Any, overrides: Optional[list[str]] = None,
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: duplicate seeds in {seeds!r}")
     if isinstance(parallelism, bool) or not isinstance(parallelism, int) or parallelism < 0:
-        raise ConfigError(f"parallelism: {parallelism!r} is out of range; use 0 (no limit) or a positive "
+        raise ConfigError(f"parallelism: {parallelism!r} is out of range; use 0 (the bound from resources.max_gpu_pods) or a positive "
                           "integer")
     if fork_from is not None and fork_from not in FORK_FROM:
         raise ConfigError(f"fork_from: {fork_from!r} is not allowed; allowed values: {', '.join(FORK_FROM)} "

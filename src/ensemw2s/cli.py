@@ -1,7 +1,7 @@
-"""``ensemw2s`` command line: setup | run | compile | storage | report | submit | schedule | rerun-step.
+"""``ensemw2s`` command line: setup | run | runs | compile | storage | report | submit | schedule | rerun-step.
 
 This module only parses arguments and dispatches: the work is in :mod:`ensemw2s.local` (run, report),
-:mod:`ensemw2s.cluster` (submit, schedule), :mod:`ensemw2s.rerun` (rerun-step), :mod:`ensemw2s.assets`
+:mod:`ensemw2s.cluster` (submit, schedule), :mod:`ensemw2s.rerun` (rerun-step), :mod:`ensemw2s.runs` (runs), :mod:`ensemw2s.assets`
 (setup) and :mod:`ensemw2s.s3server` (storage). Every command validates the config first (exit 2 with the
 key and the allowed values), before any compute; user-facing errors print one ``error:`` line with the exit
 code of :mod:`ensemw2s.errors`. Nothing imports this module.
@@ -31,7 +31,9 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", default="main", choices=PIPELINES)
     p.add_argument("--experiment", default=None, help="KFP experiment (created if missing; default: "
                    + ", ".join(f"{k}: {v}" for k, v in DEFAULT_EXPERIMENT.items()) + ")")
-    p.add_argument("--namespace", default=None, help="Kubernetes namespace (multi-user Kubeflow)")
+    p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (required by multi-user KFP)")
+    p.add_argument("--ui-url", default=None, help="base URL of the KFP UI for the printed links (default: "
+                   "$KF_PIPELINES_UI_ENDPOINT, or the host when it ends in /pipeline)")
 
 
 # --------------------------------------------------------------------------- commands
@@ -56,7 +58,7 @@ def cmd_run(args) -> int:
 
     cfg = _load(args)
     return local.run(cfg, args.run_id or provenance.new_run_id(cfg), from_run=args.from_run,
-                     config_arg=args.config)
+                     config_arg=args.config, verbose=args.verbose)
 
 
 def cmd_compile(args) -> int:
@@ -80,20 +82,48 @@ def cmd_report(args) -> int:
     return local.show_report(_load(args), args.run_id, as_json=args.json)
 
 
+def cmd_runs(args) -> int:
+    from ensemw2s import runs
+
+    cfg = _load(args)
+    if args.runs_command == "log":
+        where, text = runs.log_text(cfg.storage, args.run_id, args.step)
+        lines = text.splitlines()
+        print("\n".join(lines[-args.tail:] if args.tail else lines))
+        print(f"(log: {where})")
+        return 0
+    store = runs.open_store(cfg.storage)
+    if args.runs_command == "list":
+        print(runs.format_list(runs.list_runs(store)))
+    elif args.runs_command == "show":
+        print(runs.format_show(runs.details(store, args.run_id)))
+    elif args.runs_command == "compare":
+        print(runs.format_compare(runs.compare(store, args.run_ids)))
+    elif args.runs_command == "page":
+        res = runs.write_site(store, args.run_ids, args.output, upload=not args.no_upload)
+        print(f"open {res['index'].resolve()}")
+    return 0
+
+
 def cmd_submit(args) -> int:
     from ensemw2s import cluster
 
     cluster.submit(host=args.host, config=args.config, overrides=args.overrides, pipeline=args.pipeline,
                    experiment=args.experiment, run_name=args.run_name, run_id=args.run_id,
-                   namespace=args.namespace)
+                   namespace=args.namespace, ui_url=args.ui_url, cache=args.cache)
     return 0
 
 
 def cmd_schedule(args) -> int:
     from ensemw2s import cluster
 
+    if args.delete:
+        cluster.unschedule(host=args.host, pipeline=args.pipeline, experiment=args.experiment, name=args.name,
+                           namespace=args.namespace)
+        return 0
     cluster.schedule(host=args.host, cron=args.cron, config=args.config, overrides=args.overrides,
-                     pipeline=args.pipeline, experiment=args.experiment, name=args.name, namespace=args.namespace)
+                     pipeline=args.pipeline, experiment=args.experiment, name=args.name, namespace=args.namespace,
+                     ui_url=args.ui_url)
     return 0
 
 
@@ -133,6 +163,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-id", default=None, help="resume this run (steps complete in storage are skipped)")
     s.add_argument("--from-run", default=None, help="start from a copy of this run's artifacts (ablations: "
                    "only the steps whose config or inputs changed are recomputed)")
+    s.add_argument("--verbose", action="store_true", help="show everything kfp.local and the steps print, "
+                   "instead of the live view (the per-step logs are written either way)")
+
+    s = command("runs", cmd_runs, "browse stored runs: list | show | compare | page | log", config=False)
+    rsub = s.add_subparsers(dest="runs_command", required=True)
+
+    def runs_command(name: str, help: str):
+        r = rsub.add_parser(name, help=help, description=help + ". --config / --set pick the object store "
+                            "(the storage section; default: the embedded server).")
+        _add_config(r)
+        return r
+
+    rs = runs_command("list", "every stored run: id, date, status, headline metrics, config")
+    rs = runs_command("show", "one run: results table, per-step status and times, artifact and log URIs")
+    rs.add_argument("run_id")
+    rs = runs_command("compare", "runs side by side, with paired differences on the stored predictions "
+                      "(against the first; an ablation's base id stands for its runs)")
+    rs.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    rs = runs_command("page", "static HTML site of runs (default: every run with a report), each run's "
+                      "page also uploaded next to its report")
+    rs.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    rs.add_argument("-o", "--output", required=True, help="folder for index.html and the run pages")
+    rs.add_argument("--no-upload", action="store_true", help="do not upload the run pages to object storage")
+    rs = runs_command("log", "a step's full log (the local copy, else step.log in object storage)")
+    rs.add_argument("run_id")
+    rs.add_argument("step", help="step key, e.g. train_expert-r2 (ensemw2s runs show RUN_ID lists them)")
+    rs.add_argument("--tail", type=int, default=0, help="only the last N lines")
 
     s = command("compile", cmd_compile, "write the KFP IR YAML")
     s.add_argument("-o", "--output", default="pipeline.yaml")
@@ -149,10 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("submit", cmd_submit, "compile for Kubernetes and create one run on a KFP server", cluster=True)
     s.add_argument("--run-name", default=None, help="display name of the KFP run")
     s.add_argument("--run-id", default=None, help="run id (the object-storage prefix); default: generated")
+    s.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False,
+                   help="let KFP reuse a task of an earlier KFP run of this run id with unchanged config and inputs "
+                   "(default: off; each step still restores outputs complete in object storage)")
 
     s = command("schedule", cmd_schedule, "create or replace a KFP recurring run (6-field cron, seconds first)",
                 cluster=True)
-    s.add_argument("--cron", required=True, help='6 fields, seconds first, e.g. "0 0 3 * * *" (03:00 daily)')
+    s.add_argument("--cron", default=None, help='6 fields, seconds first, e.g. "0 0 3 * * *" (03:00 daily); '
+                   "required unless --delete")
+    s.add_argument("--delete", action="store_true", help="delete the recurring run(s) of --name in --experiment "
+                   "instead (what `helm uninstall` runs)")
     s.add_argument("--name", default=None, help="recurring run name (default: the experiment name); an "
                    "existing recurring run of this name in the experiment is replaced")
 

@@ -12,6 +12,8 @@ lazily: only these commands need it); the core never imports it. Single-step rer
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -23,10 +25,14 @@ from typing import Callable, Optional
 
 from ensemw2s import provenance
 from ensemw2s.config import Config, default_config_path, load_config
-from ensemw2s.errors import ClusterError, ConfigError, StorageError
+from ensemw2s.errors import ClusterError, ConfigError
 
 PIPELINES = ("main", "ablations")
 DEFAULT_EXPERIMENT = {"main": "ensemw2s", "ablations": "ensemw2s-ablations"}
+# The oldest KFP backend that runs what we compile: kfp-kubernetes 2.15+ writes the secret-as-env fields
+# ``optional`` and ``secretNameParameter`` into the platform spec, and a KFP driver older than 2.15.0 stops every
+# step with "unknown field ..." (docs/cluster.md, "KFP backend version", has the sources).
+MIN_KFP_VERSION = (2, 15, 0)
 CRON_FIELDS = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
 _CRON_FIELD_RE = re.compile(r"^[0-9A-Za-z*?/,\-LW#]+$")
 
@@ -78,19 +84,19 @@ def load_target(pipeline: str, config: Optional[str], overrides: Optional[list[s
     return Target(pipeline, load_config(config or default_config_path(), overrides))
 
 
-def compile_target(target: Target, path: Path, *, recurring: bool = False, prefix: str = "ensemw2s") -> Path:
-    """KFP IR YAML with the Kubernetes plumbing; ``recurring``: a new run id per firing."""
-    from kfp import compiler
+def compile_target(target: Target, path: Path, *, recurring: bool = False, prefix: str = "ensemw2s",
+                   cache: bool = False) -> Path:
+    """KFP IR YAML with the Kubernetes plumbing; ``recurring``: a new run id per firing; ``cache``: KFP's cache
+    option of every step task (the run-opening and -closing tasks are never cached). Refused (ConfigError)
+    above the spec size limit of ``pipelines/limits.py``."""
     from pipelines import ablations
     from pipelines.ensemw2s import compile_pipeline
 
     if target.pipeline == "ablations":
-        return ablations.compile_ablations(target.ablation, path, for_cluster=True)
+        return ablations.compile_ablations(target.ablation, path, for_cluster=True, cache=cache)
     if recurring:
-        pipeline = ablations.build_recurring_main(target.cfg, prefix=prefix)
-        compiler.Compiler().compile(pipeline, package_path=str(path))
-        return Path(path)
-    return compile_pipeline(target.cfg, path, for_cluster=True)
+        return ablations.compile_recurring_main(target.cfg, path, prefix=prefix)
+    return compile_pipeline(target.cfg, path, for_cluster=True, cache=cache)
 
 
 def _new_run_id(target: Target) -> str:
@@ -135,7 +141,10 @@ def _short(exc: BaseException) -> str:
 
 def _api(what: str, fn: Callable, *args, **kwargs):
     try:
-        return fn(*args, **kwargs)
+        # kfp.Client prints "Run details: <API host>/#/runs/..." links built from the API host, which serves no
+        # UI; this module prints its own (see ui_base)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fn(*args, **kwargs)
     except ClusterError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -144,8 +153,68 @@ def _api(what: str, fn: Callable, *args, **kwargs):
         raise
 
 
-def _ui_url(host: str, kind: str, ident: str) -> str:
-    return f"{host.rstrip('/')}/#/{kind}/details/{ident}"
+def ui_base(host: str, ui_url: Optional[str] = None) -> Optional[str]:
+    """Base URL of the KFP UI: ``ui_url`` (``--ui-url``), else ``$KF_PIPELINES_UI_ENDPOINT`` (kfp.Client's own
+    setting), else the host when it is Kubeflow's ``.../pipeline`` endpoint (the UI's proxy, which serves both
+    the API and the UI); None when unknown: the API server (``ml-pipeline:8888``) serves no UI."""
+    base = ui_url or os.environ.get("KF_PIPELINES_UI_ENDPOINT")
+    if not base and host.rstrip("/").endswith("/pipeline"):
+        base = host
+    return base.rstrip("/") if base else None
+
+
+def _ui_url(host: str, kind: str, ident: str, ui_url: Optional[str] = None) -> Optional[str]:
+    base = ui_base(host, ui_url)
+    return f"{base}/#/{kind}/details/{ident}" if base else None
+
+
+def _say_ui(out, url: Optional[str], what: str) -> None:
+    if url:
+        out(f"KFP UI: {url}")
+    else:
+        out(f"KFP UI: no link (the API host serves no UI); {what}. Pass --ui-url or set KF_PIPELINES_UI_ENDPOINT "
+            "to the UI's address, e.g. http://localhost:8080 after "
+            "`kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80`")
+
+
+def parse_version(tag: str) -> Optional[tuple]:
+    m = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", str(tag or "").strip())
+    return tuple(int(x) for x in m.groups()) if m else None
+
+
+def server_info(client) -> dict:
+    """The KFP API's ``GET /apis/v2beta1/healthz`` body: ``tag_name`` (the backend version), ``multi_user``.
+    Read raw: kfp.Client's own ``get_kfp_healthz`` parses it into a model that drops the version."""
+    api = getattr(client, "_healthz_api", None)
+    if api is None:
+        return {}
+    resp = _api("read the server version", api.healthz_service_get_healthz, _preload_content=False)
+    try:
+        return json.loads(resp.data or b"{}")
+    except ValueError:
+        return {}
+
+
+def check_server(client, host: str, namespace: Optional[str], out=print, *, need_version: bool = True) -> dict:
+    """Refuse, before anything is created, a KFP backend older than :data:`MIN_KFP_VERSION` (exit 1) and a
+    multi-user server without ``--namespace`` (exit 2)."""
+    info = server_info(client)
+    floor = ".".join(map(str, MIN_KFP_VERSION))
+    if need_version:
+        tag = info.get("tag_name")
+        version = parse_version(tag)
+        if version is None:
+            out(f"warning: the KFP API at {host} does not report its version (tag_name {tag!r}); the pipeline "
+                f"needs a KFP backend >= {floor}")
+        elif version < MIN_KFP_VERSION:
+            raise ClusterError(f"the KFP backend at {host} is version {tag}, older than {floor}: the compiled "
+                               "pipeline's Kubernetes spec sets the secret fields 'optional' and "
+                               "'secretNameParameter', which older KFP drivers reject ('unknown field') at the "
+                               f"first step; upgrade KFP to >= {floor} (docs/cluster.md, prerequisites)")
+    if info.get("multi_user") and not namespace:
+        raise ConfigError(f"--namespace is required: the KFP API at {host} runs in multi-user mode; pass your "
+                          "Kubeflow profile namespace, e.g. --namespace kubeflow-user-example-com")
+    return info
 
 
 # --------------------------------------------------------------------------- submit
@@ -153,8 +222,11 @@ def _ui_url(host: str, kind: str, ident: str) -> str:
 
 def submit(host: str, config: Optional[str], overrides: Optional[list[str]] = None, *, pipeline: str = "main",
            experiment: Optional[str] = None, run_name: Optional[str] = None, run_id: Optional[str] = None,
-           namespace: Optional[str] = None, client=None, out=print) -> dict:
-    """Compile for the cluster and create one KFP run; returns ids and the UI link."""
+           namespace: Optional[str] = None, client=None, out=print, ui_url: Optional[str] = None,
+           cache: bool = False) -> dict:
+    """Compile for the cluster and create one KFP run; returns ids and the UI link. ``cache``: let KFP reuse
+    a task of an earlier KFP run with the same run id, config and inputs (off: every step decides from the
+    object store; docs/cluster.md, "Caching")."""
     from ensemw2s.storage import validate_name
 
     target = load_target(pipeline, config, overrides)
@@ -169,47 +241,31 @@ def submit(host: str, config: Optional[str], overrides: Optional[list[str]] = No
     experiment = experiment or DEFAULT_EXPERIMENT[pipeline]
     run_name = run_name or f"ensemw2s {pipeline} {run_id}"
     with tempfile.TemporaryDirectory(prefix="ensemw2s-submit-") as tmp:
-        package = compile_target(target, Path(tmp) / "pipeline.yaml")
+        package = compile_target(target, Path(tmp) / "pipeline.yaml", cache=cache)
         client = client or make_client(host, namespace)
+        check_server(client, host, namespace, out)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             result = _api("create run", client.create_run_from_pipeline_package, str(package),
                           arguments={"run_id": run_id}, run_name=run_name, experiment_name=experiment,
-                          namespace=namespace)
+                          namespace=namespace, service_account=target.cfg.resources.service_account or None)
     kfp_run_id = result.run_id
     info = {"run_id": run_id, "kfp_run_id": kfp_run_id, "experiment": experiment, "pipeline": pipeline,
-            "url": _ui_url(host, "runs", kfp_run_id)}
+            "url": _ui_url(host, "runs", kfp_run_id, ui_url)}
+    info["cache"] = cache
     if target.ablation is None:
-        info["config_stored"] = _store_config(target.cfg, run_id, out)
         out(f"submitted run {run_id} (KFP run {kfp_run_id}) to experiment {experiment!r}: "
-            f"{target.cfg.boosting.rounds} boosting rounds")
+            f"{target.cfg.boosting.rounds} boosting rounds; its start-run step takes the run id's lease and stores "
+            f"the config at runs/{run_id}/run-summary/config.json (for rerun-step); KFP cache "
+            f"{'on' if cache else 'off'}")
     else:
         info["children"] = [c["run_id"] for c in children]
         out(f"submitted ablation {run_id} (KFP run {kfp_run_id}) to experiment {experiment!r}: "
             f"{len(target.ablation.points)} grid points x {len(target.ablation.seeds)} seeds = "
             f"{len(children)} runs; comparison table at runs/{run_id}/compare/")
-    out(f"KFP UI: {info['url']}")
+    _say_ui(out, info["url"], f"KFP run {kfp_run_id}")
     out(f"artifacts: s3://{target.cfg.storage.bucket}/{target.cfg.storage.prefix}/{run_id}/")
     return info
-
-
-def _store_config(cfg: Config, run_id: str, out) -> bool:
-    """Best effort: ``runs/<run_id>/run-summary/config.json``, which ``rerun-step`` needs. Only when an object
-    store is configured here (the cluster's, not a laptop's embedded one)."""
-    from ensemw2s.storage import Store
-
-    if not (cfg.storage.endpoint or os.environ.get("S3_ENDPOINT_URL")):
-        out(f"note: no S3 endpoint here (S3_ENDPOINT_URL), so runs/{run_id}/run-summary/config.json was not "
-            "stored; `ensemw2s rerun-step` on this run needs it")
-        return False
-    try:
-        store = Store.from_config(cfg.storage)
-        store.check()
-        provenance.store_config(store, run_id, cfg)
-        return True
-    except StorageError as exc:
-        out(f"warning: could not store the run's config for rerun-step: {exc}")
-        return False
 
 
 # --------------------------------------------------------------------------- schedule
@@ -217,8 +273,10 @@ def _store_config(cfg: Config, run_id: str, out) -> bool:
 
 def schedule(host: str, cron: str, config: Optional[str], overrides: Optional[list[str]] = None, *,
              pipeline: str = "main", experiment: Optional[str] = None, name: Optional[str] = None,
-             namespace: Optional[str] = None, client=None, out=print) -> dict:
+             namespace: Optional[str] = None, client=None, out=print, ui_url: Optional[str] = None) -> dict:
     """Create (or replace) the recurring run ``name`` in ``experiment``; every firing gets a fresh run id."""
+    if not cron:
+        raise ConfigError('--cron is required (6 fields, seconds first, e.g. "0 0 3 * * *"), or --delete')
     cron = validate_cron(cron)  # before anything else: a bad cron must not reach the server
     target = load_target(pipeline, config, overrides)
     experiment = experiment or DEFAULT_EXPERIMENT[pipeline]
@@ -228,6 +286,7 @@ def schedule(host: str, cron: str, config: Optional[str], overrides: Optional[li
     with tempfile.TemporaryDirectory(prefix="ensemw2s-schedule-") as tmp:
         package = compile_target(target, Path(tmp) / "pipeline.yaml", recurring=True)
         client = client or make_client(host, namespace)
+        check_server(client, host, namespace, out)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             exp = _api("create experiment", client.create_experiment, name=experiment, namespace=namespace)
@@ -236,16 +295,42 @@ def schedule(host: str, cron: str, config: Optional[str], overrides: Optional[li
                            experiment_id=exp.experiment_id, job_name=name,
                            description=f"ensemw2s {pipeline}, cron {cron}", cron_expression=cron,
                            max_concurrency=1, no_catchup=True, params={"run_id": ""},
-                           pipeline_package_path=str(package), enabled=True)
+                           pipeline_package_path=str(package), enabled=True,
+                           service_account=target.cfg.resources.service_account or None)
             for rr in old:
                 _api("delete recurring run", client.delete_recurring_run, rr)
     info = {"recurring_run_id": created.recurring_run_id, "name": name, "experiment": experiment,
-            "cron": cron, "replaced": old, "url": _ui_url(host, "recurringrun", created.recurring_run_id)}
+            "cron": cron, "replaced": old,
+            "url": _ui_url(host, "recurringrun", created.recurring_run_id, ui_url)}
     what = f"replaced {len(old)} earlier one(s)" if old else "new"
     out(f"scheduled {pipeline} as recurring run {name!r} ({created.recurring_run_id}, {what}) in experiment "
         f"{experiment!r}, cron {cron!r} (second minute hour day month weekday)")
-    out(f"KFP UI: {info['url']}")
+    _say_ui(out, info["url"], f"recurring run {created.recurring_run_id}")
     return info
+
+
+def unschedule(host: str, *, pipeline: str = "main", experiment: Optional[str] = None,
+               name: Optional[str] = None, namespace: Optional[str] = None, client=None, out=print) -> dict:
+    """Delete every recurring run named ``name`` (default: the experiment name, as :func:`schedule`) in
+    ``experiment`` (the Helm chart's pre-delete hook). Nothing to delete is not an error."""
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"--pipeline {pipeline!r} is not allowed; allowed values: {', '.join(PIPELINES)}")
+    experiment = experiment or DEFAULT_EXPERIMENT[pipeline]
+    name = name or experiment
+    client = client or make_client(host, namespace)
+    check_server(client, host, namespace, out, need_version=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            exp = _api("find experiment", client.get_experiment, experiment_name=experiment, namespace=namespace)
+        except ValueError:  # kfp.Client: no experiment of that name
+            exp = None
+        ids = _recurring_runs_named(client, exp.experiment_id, name) if exp is not None else []
+        for rr in ids:
+            _api("delete recurring run", client.delete_recurring_run, rr)
+    out(f"deleted {len(ids)} recurring run(s) named {name!r} in experiment {experiment!r}" if ids else
+        f"no recurring run named {name!r} in experiment {experiment!r}: nothing to delete")
+    return {"deleted": ids, "name": name, "experiment": experiment}
 
 
 def _recurring_runs_named(client, experiment_id: str, name: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +39,21 @@ def _check_positive(key: str, value: Any, *, zero_ok: bool = False) -> None:
 def _check_nonempty(key: str, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{key}: must be a non-empty string, got {value!r}")
+
+
+_QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+_QUANTITY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+                   "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+_K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _quantity(key: str, value: Any) -> float:
+    """Bytes of a Kubernetes quantity such as ``8Gi`` or ``500M``."""
+    m = _QUANTITY_RE.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ConfigError(f"{key}: {value!r} is not a Kubernetes quantity; use a number with an optional unit "
+                          "(Ki, Mi, Gi, Ti, k, M, G, T), e.g. 8Gi")
+    return float(m.group(1)) * _QUANTITY_UNITS[m.group(2)]
 
 
 @dataclass
@@ -161,12 +177,20 @@ class BoostingConfig:
 
     SAMPLING = ("resample", "weighted")
     ON_NONPOSITIVE = ("skip", "stop")
+    # Rounds are unrolled into the pipeline at compile time (two tasks per round: 32 rounds compile to about
+    # 330 KB of KFP spec, and a run's Argo Workflow object must stay under etcd's 1.5 MiB), and every ensemble
+    # step loads every expert: a bound here fails in milliseconds instead of a compile that runs for minutes
+    MAX_ROUNDS = 32
 
     def validate(self, key: str = "boosting") -> None:
         from ensemw2s.boosting import ALPHA_RULES
 
         if not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"{key}.rounds: {self.rounds!r} is out of range; it must be an integer >= 1")
+        if self.rounds > self.MAX_ROUNDS:
+            raise ConfigError(f"{key}.rounds: {self.rounds!r} is out of range; it must be <= {self.MAX_ROUNDS} "
+                              "(each round is unrolled into two pipeline tasks at compile time, and more rounds "
+                              "give a pipeline spec the KFP backend cannot store and ensembles too large to load)")
         _check_choice(f"{key}.alpha_rule", self.alpha_rule, tuple(sorted(ALPHA_RULES)))
         _check_choice(f"{key}.sampling", self.sampling, self.SAMPLING)
         _check_choice(f"{key}.on_nonpositive_alpha", self.on_nonpositive_alpha, self.ON_NONPOSITIVE)
@@ -246,12 +270,66 @@ class ResourcesConfig:
     cpu_request: str = "2"
     memory_request: str = "8Gi"
     gpu_memory_request: str = "32Gi"
+    # pods fit for real clusters (docs/cluster.md, "Pods on a real cluster"): a memory limit per kind of step,
+    # a scratch volume with a storage request (KFP's task API has no ephemeral-storage request; "" = none),
+    # retries of GPU steps (preempted nodes), registry secrets, the run's service account ("" = KFP's default),
+    # the GPU model per GPU step module (node selector ``gpu_type_label``; key "default" for the others), and
+    # at most this many GPU pods of one ablation grid at once
+    memory_limit: str = "12Gi"
+    gpu_memory_limit: str = "48Gi"
+    scratch_size: str = "10Gi"
+    gpu_scratch_size: str = "50Gi"
+    scratch_storage_class: str = ""
+    retries: int = 2
+    image_pull_secrets: list = field(default_factory=list)
+    service_account: str = ""
+    gpu_type_label: str = "nvidia.com/gpu.product"
+    gpu_types: dict = field(default_factory=dict)
+    max_gpu_pods: int = 8
+    # compute precision of the model steps, locally too (not only on a cluster): auto = bfloat16 on a GPU and
+    # on a CPU with native bf16 (avx512_bf16/amx_bf16), else float32 (ensemw2s.modeling.resolve_dtype)
+    dtype: str = "auto"
+
+    GPU_TYPE_KEYS = ("default", "train_expert", "pseudo_label", "train_student", "evaluate")
+    MAX_RETRIES = 10
+    DTYPES = ("auto", "float32", "bfloat16")  # = ensemw2s.modeling.DTYPES
 
     def validate(self, key: str = "resources") -> None:
         _check_nonempty(f"{key}.image", self.image)
         _check_nonempty(f"{key}.gpu_image", self.gpu_image)
         _check_positive(f"{key}.accelerator_limit", self.accelerator_limit, zero_ok=True)
         _check_nonempty(f"{key}.s3_secret_name", self.s3_secret_name)
+        _check_choice(f"{key}.dtype", self.dtype, self.DTYPES)
+        for kind in ("", "gpu_"):
+            request = _quantity(f"{key}.{kind}memory_request", getattr(self, f"{kind}memory_request"))
+            limit = _quantity(f"{key}.{kind}memory_limit", getattr(self, f"{kind}memory_limit"))
+            if limit < request:
+                raise ConfigError(f"{key}.{kind}memory_limit: {getattr(self, f'{kind}memory_limit')!r} is below "
+                                  f"{key}.{kind}memory_request {getattr(self, f'{kind}memory_request')!r}; "
+                                  "Kubernetes refuses a pod whose limit is below its request")
+            size = getattr(self, f"{kind}scratch_size")
+            if size != "":
+                _quantity(f"{key}.{kind}scratch_size", size)
+        if isinstance(self.retries, bool) or not 0 <= self.retries <= self.MAX_RETRIES:
+            raise ConfigError(f"{key}.retries: {self.retries!r} is out of range; it must be in 0..{self.MAX_RETRIES}")
+        for i, name in enumerate(self.image_pull_secrets):
+            if not isinstance(name, str) or not _K8S_NAME_RE.fullmatch(name):
+                raise ConfigError(f"{key}.image_pull_secrets[{i}]: {name!r} is not a Kubernetes Secret name "
+                                  "(lowercase letters, digits, '-' and '.', at most 253 characters)")
+        if self.service_account and not _K8S_NAME_RE.fullmatch(self.service_account):
+            raise ConfigError(f"{key}.service_account: {self.service_account!r} is not a Kubernetes service "
+                              "account name (lowercase letters, digits, '-' and '.'); use \"\" for KFP's default")
+        for step, gpu in self.gpu_types.items():
+            _check_choice(f"{key}.gpu_types key", step, self.GPU_TYPE_KEYS)
+            _check_nonempty(f"{key}.gpu_types.{step}", gpu)
+        if self.gpu_types:
+            _check_nonempty(f"{key}.gpu_type_label", self.gpu_type_label)
+        from ensemw2s.steps.keys import MAX_PARALLEL_GPU_STEPS
+
+        if isinstance(self.max_gpu_pods, bool) or self.max_gpu_pods < MAX_PARALLEL_GPU_STEPS:
+            raise ConfigError(f"{key}.max_gpu_pods: {self.max_gpu_pods!r} is out of range; it must be >= "
+                              f"{MAX_PARALLEL_GPU_STEPS} (the most GPU pods one ablation grid may ask for at once; "
+                              f"one run alone can have {MAX_PARALLEL_GPU_STEPS} GPU steps running together)")
 
 
 @dataclass

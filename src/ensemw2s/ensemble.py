@@ -17,8 +17,12 @@ prompt at a time, no cache, the whole prefix recomputed for every token. Tests r
 same token ids.
 
 :meth:`EnsembleDecoder.from_lora_adapters` decodes K LoRA experts of one base model with a single
-``peft.PeftModel`` holding K named adapters: the base weights are in memory once, the active adapter is
-switched before each expert's forward, and each adapter keeps its own KV cache.
+``peft.PeftModel`` holding K named adapters, the base weights in memory once. By default (``mode="auto"``)
+K > 1 experts run in ONE forward per token: the batch holds every prompt once per expert (K blocks of rows),
+row block k goes through adapter k (:class:`ensemw2s.modeling.MultiAdapter`), and one KV cache serves the
+stacked batch; a single expert is merged into the base instead (no LoRA matmuls). ``mode="switch"`` is the
+older path: one forward per expert with its adapter switched on, one KV cache per expert (same token ids;
+tests/test_multi_adapter.py).
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from typing import Any
 import torch
 
 from ensemw2s.boosting import normalise_alphas
-from ensemw2s.modeling import accepts, cache_keyword, unwrap_peft
+from ensemw2s.modeling import MultiAdapter, accepts, cache_keyword, load_lora_adapters, unwrap_peft
 
 log = logging.getLogger(__name__)
 
 COMBINE_MODES = ("prob", "vote")
+LORA_MODES = ("auto", "stacked", "switch", "merged")
 
 # Vote totals are sums of normalised weights (total 1); two totals closer than this are a tie.
 _VOTE_TIE_TOL = 1e-9
@@ -188,8 +193,19 @@ def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _new_cache(config):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
 class _Expert:
-    """One expert: a model to call, optionally the peft adapter to activate first."""
+    """One expert, one forward: a model to call, optionally the peft adapter to activate first."""
+
+    k = 1
 
     def __init__(self, model: torch.nn.Module, adapter: str | None = None):
         self.model = model
@@ -203,14 +219,12 @@ class _Expert:
         )
 
     def new_cache(self):
-        from transformers import DynamicCache
+        return _new_cache(self.config)
 
-        try:
-            return DynamicCache(config=self.config)
-        except TypeError:  # older transformers
-            return DynamicCache()
+    def select(self, cache, keep: torch.Tensor, n: int) -> None:
+        cache.batch_select_indices(keep.to(_cache_device(cache, self.device)))
 
-    def last_logits(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+    def last_logits(self, input_ids, attention_mask, position_ids, cache) -> list[torch.Tensor]:
         if self.adapter is not None:
             if self._set_adapter_inference_mode:
                 self.model.set_adapter(self.adapter, inference_mode=True)  # keep requires_grad off
@@ -226,7 +240,37 @@ class _Expert:
         if self.has_logits_to_keep:
             kwargs["logits_to_keep"] = 1
         out = self.model(**kwargs)
-        return out.logits[:, -1, :]
+        return [out.logits[:, -1, :]]
+
+
+class _StackedExperts(_Expert):
+    """K LoRA experts of one base in ONE forward: the batch repeated K times, block k through adapter k, one KV
+    cache of K x rows (:class:`~ensemw2s.modeling.MultiAdapter`)."""
+
+    def __init__(self, peft_model: torch.nn.Module, names: Sequence[str], impl: str = "grouped"):
+        super().__init__(peft_model)
+        self.multi = MultiAdapter(peft_model, names, impl)
+        self.base = unwrap_peft(peft_model)  # the LoRA layers inside are routed by self.multi
+        self.k = len(self.multi)
+
+    def select(self, cache, keep: torch.Tensor, n: int) -> None:
+        idx = MultiAdapter.block_rows(keep, n, self.k)
+        cache.batch_select_indices(idx.to(_cache_device(cache, self.device)))
+
+    def last_logits(self, input_ids, attention_mask, position_ids, cache) -> list[torch.Tensor]:
+        n = input_ids.shape[0]
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids.repeat(self.k, 1).to(self.device),
+            "attention_mask": attention_mask.repeat(self.k, 1).to(self.device),
+            "position_ids": position_ids.repeat(self.k, 1).to(self.device),
+            "use_cache": True,
+            self.cache_kw: cache,
+        }
+        if self.has_logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        with self.multi.active(n):
+            out = self.base(**kwargs)
+        return list(out.logits[:, -1, :].view(self.k, n, -1).unbind(0))
 
 
 class EnsembleDecoder:
@@ -241,7 +285,8 @@ class EnsembleDecoder:
 
     def __init__(self, models: Sequence[torch.nn.Module], alphas: Sequence[float], tokenizer: Any,
                  combine: str = "prob", *, batch_size: int = 16, device: str | torch.device | None = None,
-                 progress: bool = False, _adapter_names: Sequence[str] | None = None):
+                 progress: bool = False, _adapter_names: Sequence[str] | None = None,
+                 _stacked_impl: str | None = None):
         models = list(models)
         if not models:
             raise ValueError("an ensemble needs at least one model")
@@ -259,7 +304,13 @@ class EnsembleDecoder:
                 m.to(device)
             m.eval()
         adapters = list(_adapter_names) if _adapter_names is not None else [None] * len(models)
-        self._experts = [_Expert(m, a) for m, a in zip(models, adapters)]
+        # one entry per forward: an expert, or K LoRA experts stacked in one forward
+        if _stacked_impl is not None:
+            self._experts: list[_Expert] = [_StackedExperts(models[0], adapters, _stacked_impl)]
+        else:
+            self._experts = [_Expert(m, a) for m, a in zip(models, adapters)]
+        self.adapter_names = adapters
+        self.mode = "stacked" if _stacked_impl is not None else ("switch" if _adapter_names else "models")
         self.device = torch.device(device) if device is not None else self._experts[0].device
         self.eos_ids = eos_token_ids(models, tokenizer)
         self.pad_id = _pad_id(tokenizer, self.eos_ids)
@@ -267,7 +318,7 @@ class EnsembleDecoder:
 
     @property
     def num_experts(self) -> int:
-        return len(self._experts)
+        return sum(e.k for e in self._experts)
 
     # -- LoRA experts sharing one base ------------------------------------------------------------------------
 
@@ -275,13 +326,24 @@ class EnsembleDecoder:
     def from_lora_adapters(cls, base_model: torch.nn.Module, adapter_dirs: Sequence[str | os.PathLike],
                            alphas: Sequence[float], tokenizer: Any, combine: str = "prob", *, batch_size: int = 16,
                            device: str | torch.device | None = None, progress: bool = False,
-                           adapter_names: Sequence[str] | None = None) -> EnsembleDecoder:
+                           adapter_names: Sequence[str] | None = None, mode: str = "auto",
+                           lora_impl: str = "grouped") -> EnsembleDecoder:
         """K LoRA experts of one base model: one ``PeftModel`` with K named adapters, base weights once.
 
         ``base_model`` is wrapped in place (peft injects the LoRA layers into it); do not reuse it as a plain
-        model afterwards. Each expert's forward runs with its adapter active and its own KV cache.
+        model afterwards. ``mode``:
+
+        * ``"stacked"``: all K experts in one forward per token, one KV cache for the K x rows batch;
+          ``lora_impl`` picks the LoRA arithmetic of that forward (``"grouped"``: ours, ``"peft"``: peft's
+          mixed-adapter batches; :class:`~ensemw2s.modeling.MultiAdapter`);
+        * ``"merged"`` (K = 1 only): the adapter merged into the base weights, a plain model: no LoRA matmuls
+          at all, same memory (K merged experts would need K copies of the base);
+        * ``"switch"``: one forward per expert with its adapter switched on, one KV cache each (the path
+          before ``stacked``; slower, kept as the reference the stacked path is tested against);
+        * ``"auto"`` (default): ``merged`` for one expert, ``stacked`` for more (docs/performance.md §1).
         """
-        from peft import PeftModel
+        if mode not in LORA_MODES:
+            raise ValueError(f"mode must be one of {', '.join(LORA_MODES)}; got {mode!r}")
 
         dirs = [os.fspath(d) for d in adapter_dirs]
         if not dirs:
@@ -292,16 +354,15 @@ class EnsembleDecoder:
         if len(names) != len(dirs) or len(set(names)) != len(names):
             raise ValueError("adapter_names must be unique and one per adapter dir")
         normalise_alphas(alphas, expected=len(dirs))  # fail before loading anything
-        if isinstance(base_model, PeftModel):
-            peft_model = base_model
-            for name, d in zip(names, dirs):
-                peft_model.load_adapter(d, adapter_name=name, is_trainable=False)
-        else:
-            peft_model = PeftModel.from_pretrained(
-                base_model, dirs[0], adapter_name=names[0], is_trainable=False
-            )
-            for name, d in zip(names[1:], dirs[1:]):
-                peft_model.load_adapter(d, adapter_name=name, is_trainable=False)
+        if mode == "auto":
+            mode = "merged" if len(dirs) == 1 else "stacked"
+        if mode == "merged" and len(dirs) != 1:
+            raise ValueError(f"mode='merged' merges ONE adapter into the base; {len(dirs)} merged experts would "
+                             "need as many copies of the base: use mode='stacked'")
+        peft_model = load_lora_adapters(base_model, dirs, names)
+        if mode == "merged":
+            return cls([peft_model.merge_and_unload()], alphas, tokenizer, combine, batch_size=batch_size,
+                       device=device, progress=progress)
         return cls(
             [peft_model] * len(dirs),
             alphas,
@@ -311,6 +372,7 @@ class EnsembleDecoder:
             device=device,
             progress=progress,
             _adapter_names=names,
+            _stacked_impl=lora_impl if mode == "stacked" else None,
         )
 
     # -- decoding ---------------------------------------------------------------------------------------------
@@ -371,7 +433,9 @@ class EnsembleDecoder:
         if prune and not all(callable(getattr(c, "batch_select_indices", None)) for c in caches):
             prune = False
         logits = [
-            e.last_logits(input_ids, attention_mask, position_ids, c) for e, c in zip(self._experts, caches)
+            lg
+            for e, c in zip(self._experts, caches)
+            for lg in e.last_logits(input_ids, attention_mask, position_ids, c)
         ]
         eos = torch.tensor(self.eos_ids if self.eos_ids else [-1], dtype=torch.long, device=self.device)
         out: list[list[int]] = [[] for _ in range(n)]
@@ -394,8 +458,8 @@ class EnsembleDecoder:
             if prune:
                 if bool(done.any()):
                     keep = (~done).nonzero(as_tuple=True)[0]
-                    for c in caches:
-                        c.batch_select_indices(keep.to(_cache_device(c, self.device)))
+                    for e, c in zip(self._experts, caches):
+                        e.select(c, keep, done.shape[0])
                     rows, attention_mask, next_cpu = rows[keep], attention_mask[keep], next_cpu[keep]
                     finished = finished[keep]  # all False: the live rows
             else:
@@ -407,8 +471,9 @@ class EnsembleDecoder:
             position_ids = attention_mask.sum(-1, keepdim=True) - 1
             step_ids = next_cpu.unsqueeze(-1)
             logits = [
-                e.last_logits(step_ids, attention_mask, position_ids, c)
+                lg
                 for e, c in zip(self._experts, caches)
+                for lg in e.last_logits(step_ids, attention_mask, position_ids, c)
             ]
         return out
 
@@ -461,6 +526,7 @@ def reference_generate_ids(
 
 __all__ = [
     "COMBINE_MODES",
+    "LORA_MODES",
     "EnsembleDecoder",
     "check_combine",
     "check_same_vocab",

@@ -25,20 +25,32 @@ SPLIT_KEYS = {"easy_test": "id", "hard_test": "ood"}
 # --------------------------------------------------------------------------- scoring
 
 
-def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_length: int = 512) -> dict:
+def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_length: int = 512,
+                    adapters=None):
     """``{row_id: [[logp of each token of option k] for k in options]}``.
 
     The prompt is run once per question and its KV cache shared by all options (a question's options
     differ only in their few answer tokens). :func:`option_logprobs_reference` is the plain version.
+
+    ``adapters``: a :class:`~ensemw2s.modeling.MultiAdapter` over K LoRA adapters of ``model`` (a peft
+    model): every batch is stacked K times and all K experts are scored in one forward over the shared base;
+    returns a list of K such dicts, in the order of ``adapters.names``.
     """
+    import contextlib
+
     import torch
 
     from ensemw2s.modeling import cache_keyword, decoder_parts
     from ensemw2s.training import pad_batch
 
+    K = len(adapters) if adapters is not None else 1
+
+    def routed(rows_per_block):
+        return adapters.active(rows_per_block) if adapters is not None else contextlib.nullcontext()
+
     dev = next(model.parameters()).device
     trunk, head, cap = decoder_parts(model)
-    out: dict = {}
+    outs: list[dict] = [{} for _ in range(K)]
     order = sorted(range(len(rows)), key=lambda i: len(format_prompt(rows[i])))
     with torch.inference_mode():
         for b in range(0, len(order), batch_size):
@@ -53,30 +65,36 @@ def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_le
                     options.append(ids_k[start_k:])
                     owner.append((qi, k))
             p_ids, p_mask = pad_batch(prompts, tok.pad_token_id, left=True)
-            p_ids, p_mask = p_ids.to(dev), p_mask.to(dev)
+            # K experts: K blocks of rows, block e through adapter e (one forward for all of them)
+            p_ids, p_mask = p_ids.repeat(K, 1).to(dev), p_mask.repeat(K, 1).to(dev)
             p_pos = (torch.cumsum(p_mask, -1) - 1).clamp_min(0)
-            res = trunk(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True)
+            with routed(len(prompts)):
+                res = trunk(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True)
             cache, last_h = res.past_key_values, res.last_hidden_state[:, -1]
             rep = torch.tensor([q for q, _ in owner], device=dev)
+            rep = (torch.arange(K, device=dev)[:, None] * len(prompts) + rep[None]).reshape(-1)
             _repeat_cache(cache, rep)
             o_ids, o_mask = pad_batch(options, tok.pad_token_id)
-            o_ids, o_mask = o_ids.to(dev), o_mask.to(dev)
+            o_ids, o_mask = o_ids.repeat(K, 1).to(dev), o_mask.repeat(K, 1).to(dev)
             mask = torch.cat([p_mask[rep], o_mask], dim=1)
             o_pos = p_mask[rep].sum(-1, keepdim=True) + torch.arange(o_ids.shape[1], device=dev)[None]
-            h = trunk(input_ids=o_ids, attention_mask=mask, position_ids=o_pos, use_cache=True,
-                      **{cache_keyword(trunk): cache}).last_hidden_state
+            with routed(len(options)):
+                h = trunk(input_ids=o_ids, attention_mask=mask, position_ids=o_pos, use_cache=True,
+                          **{cache_keyword(trunk): cache}).last_hidden_state
             # token j of an option is predicted by the hidden state before it: the prompt's last, then option j-1
-            hs = torch.cat([last_h[rep][:, None], h[:, :-1]], dim=1)
-            logits = head(hs[o_mask.bool()]).float()
+            hs = torch.cat([last_h[rep][:, None], h[:, :-1]], dim=1)[o_mask.bool()]
+            with routed(hs.shape[0] // K):  # equal blocks: every block has the same option tokens
+                logits = head(hs).float()
             if cap:
                 logits = torch.tanh(logits / cap) * cap
-            lp = torch.log_softmax(logits, -1).gather(1, o_ids[o_mask.bool()][:, None])[:, 0].cpu().tolist()
-            pos = 0
-            for (qi, k), opt in zip(owner, options):
-                rid = batch[qi]["id"]
-                out.setdefault(rid, [None] * len(batch[qi]["choices"]))[k] = lp[pos: pos + len(opt)]
-                pos += len(opt)
-    return out
+            lp = torch.log_softmax(logits, -1).gather(1, o_ids[o_mask.bool()][:, None])[:, 0].cpu()
+            for out, lp_e in zip(outs, lp.view(K, -1).tolist()):  # block e = expert e
+                pos = 0
+                for (qi, k), opt in zip(owner, options):
+                    rid = batch[qi]["id"]
+                    out.setdefault(rid, [None] * len(batch[qi]["choices"]))[k] = lp_e[pos: pos + len(opt)]
+                    pos += len(opt)
+    return outs if adapters is not None else outs[0]
 
 
 def _repeat_cache(cache, index) -> None:
@@ -224,8 +242,42 @@ def _fmt(x) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
+MODEL_LABELS = {"weak_single": "weak single expert (round 1)", "ensemble": "EnsemW2S ensemble",
+                "ensemble_uniform": "same experts, uniform weights",
+                "student_single": "student ← single", "student_ensemble": "student ← ensemble",
+                "ceiling": "strong ceiling (gold)"}
+REPORT_COLUMNS = ("model", "ID", "OOD", "ID ll", "OOD ll", "ID gen", "OOD gen")
+
+
+def report_rows(metrics: dict) -> list[list[str]]:
+    """The results table (:data:`REPORT_COLUMNS`): one row per model present in ``metrics``, accuracies as
+    text. Shared by the Markdown report and the HTML page (:mod:`ensemw2s.site`), so they never differ."""
+    rows = []
+    for model in MODELS:
+        if not any(k.startswith(model + "_acc") for k in metrics):
+            continue
+        cells = [_fmt(metrics.get(f"{model}_acc_{s}")) for s in ("id", "ood")]
+        cells += [_fmt(metrics.get(f"{model}_acc_{s}_{m}")) for m in ("ll", "gen") for s in ("id", "ood")]
+        rows.append([MODEL_LABELS[model], *cells])
+    return rows
+
+
+def paired_lines(metrics: dict) -> list[str]:
+    """The paired differences of a run, one sentence each (ensemble − single, student ← ensemble − ← single)."""
+    lines = []
+    for name in ("ensemble_minus_single", "student_ensemble_minus_single"):
+        for tag in ("id", "ood"):
+            d = metrics.get(f"paired_{name}_{tag}_diff")
+            if d is not None:
+                lines.append(f"paired {name.replace('_', ' ')} ({tag.upper()}): {d:+.3f} "
+                             f"[95% CI {metrics[f'paired_{name}_{tag}_ci_low']:+.3f}, "
+                             f"{metrics[f'paired_{name}_{tag}_ci_high']:+.3f}], McNemar p = "
+                             f"{metrics[f'paired_{name}_{tag}_mcnemar_p']:.3f}")
+    return lines
+
+
 def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
-    """Markdown results table (what the KFP UI shows)."""
+    """Markdown results table (report.md; the HTML page with the same table is :func:`ensemw2s.site.run_page`)."""
     n_id, n_ood = metrics.get("n_id"), metrics.get("n_ood")
     lines = [
         f"# EnsemW2S results — run `{metrics.get('run_id', '?')}`, seed {metrics.get('seed')}, "
@@ -236,19 +288,10 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
         "",
         f"Weak experts: {metrics.get('weak_model') or '?'}; strong student: {metrics.get('strong_model') or '?'}.",
         "",
-        "| model | ID | OOD | ID ll | OOD ll | ID gen | OOD gen |",
-        "|---|---|---|---|---|---|---|",
+        "| " + " | ".join(REPORT_COLUMNS) + " |",
+        "|" + "---|" * len(REPORT_COLUMNS),
     ]
-    labels = {"weak_single": "weak single expert (round 1)", "ensemble": "EnsemW2S ensemble",
-              "ensemble_uniform": "same experts, uniform weights",
-              "student_single": "student ← single", "student_ensemble": "student ← ensemble",
-              "ceiling": "strong ceiling (gold)"}
-    for model in MODELS:
-        if not any(k.startswith(model + "_acc") for k in metrics):
-            continue
-        cells = [_fmt(metrics.get(f"{model}_acc_{s}")) for s in ("id", "ood")]
-        cells += [_fmt(metrics.get(f"{model}_acc_{s}_{m}")) for m in ("ll", "gen") for s in ("id", "ood")]
-        lines.append(f"| {labels[model]} | " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in report_rows(metrics)]
     lines += ["", f"PGR_single = {_fmt(metrics.get('pgr_single'))}, PGR_ens = {_fmt(metrics.get('pgr_ens'))} "
               "(— when the ceiling is not above the weak model).", ""]
     lines.append("Alphas by round: " + ", ".join(_fmt(a) for a in metrics.get("alphas", [])))
@@ -259,14 +302,7 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
     lines.append("")
     lines.append("Ensemble accuracy by round (option log-likelihood), OOD: "
                  + ", ".join(_fmt(a) for a in metrics.get("ensemble_acc_ood_by_round", [])))
-    for name in ("ensemble_minus_single", "student_ensemble_minus_single"):
-        for tag in ("id", "ood"):
-            d = metrics.get(f"paired_{name}_{tag}_diff")
-            if d is not None:
-                lines.append(f"- paired {name.replace('_', ' ')} ({tag.upper()}): {d:+.3f} "
-                             f"[95% CI {metrics[f'paired_{name}_{tag}_ci_low']:+.3f}, "
-                             f"{metrics[f'paired_{name}_{tag}_ci_high']:+.3f}], McNemar p = "
-                             f"{metrics[f'paired_{name}_{tag}_mcnemar_p']:.3f}")
+    lines += [f"- {line}" for line in paired_lines(metrics)]
     if plot_name:
         lines += ["", f"![accuracy by round]({plot_name})"]
     return "\n".join(lines) + "\n"

@@ -6,22 +6,77 @@ store (the embedded SeaweedFS server unless an endpoint is configured).
 - :func:`fork`: start a run from a copy of another run's artifacts;
 - :func:`check_models`: resolve the configured models before anything starts.
 
+While the DAG runs, the terminal shows the live view of :mod:`ensemw2s.liveview` (one line per step); kfp.local's
+output and each step's full log go to ``<workdir>/<run_id>/logs/<step>.log``, uploaded next to the step's
+artifacts (``runs/<run_id>/<step>/step.log``). ``verbose`` shows everything as it comes instead.
+
 Orchestration layer: this module imports ``pipelines`` (and through it kfp); the core never imports it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
 
-from ensemw2s import provenance
+from ensemw2s import liveview, provenance
 from ensemw2s.errors import AssetError, ConfigError, ModelError
 from ensemw2s.steps import keys
 
+STEP_LOG = "step.log"  # a step's full log, beside its artifacts: runs/<run_id>/<step>/step.log
 
-def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
-    """Run the compiled DAG with kfp.local's SubprocessRunner; return the metrics and timings."""
+
+class RunFailed(RuntimeError):
+    """kfp.local's failure, with the step that failed and where its full log is."""
+
+    def __init__(self, message: str, *, step: str | None, log_path: Path | None, log_uri: str | None):
+        super().__init__(message)
+        self.step, self.log_path, self.log_uri = step, log_path, log_uri
+
+
+def task_keys(pipeline) -> dict[str, str]:
+    """kfp task name (and component name without ``comp-``, as kfp.local logs it) -> step key (the display
+    name the DAG gives every task)."""
+    out = {}
+    for name, task in pipeline.pipeline_spec.root.dag.tasks.items():
+        out[name] = task.task_info.name or name
+        out[task.component_ref.name.removeprefix("comp-")] = task.task_info.name or name
+    return out
+
+
+def _log_uploader(store, run_id: str):
+    """Upload a closed step log next to the step's artifacts; a restored step keeps the log of the execution
+    that computed it. Never fails the run (the log stays on disk)."""
+    def upload(st) -> None:
+        try:
+            if st.status == "restored" and store.exists(run_id, st.key, STEP_LOG):
+                return
+            store.put_file(st.log_path, run_id, st.key, STEP_LOG)
+        except Exception as exc:  # noqa: BLE001 - storage down: the step's own failure is what matters
+            print(f"(could not upload {st.log_path}: {exc})", flush=True)
+    return upload
+
+
+def _put_status(store, run_id: str, status: str, **extra) -> None:
+    """``run-summary/status.json``: running / succeeded / failed (with the failed step), for ``runs list``."""
+    import datetime as dt
+
+    try:
+        store.put_json(run_id, keys.RUN_SUMMARY, "status.json", {
+            "status": status, "updated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **extra})
+    except Exception:  # noqa: BLE001 - a status record must never mask the run's own outcome
+        pass
+
+
+def run_local(cfg, run_id: str, *, workdir: Path | None = None, verbose: bool = False,
+              terminal: bool | None = None) -> dict:
+    """Run the compiled DAG with kfp.local's SubprocessRunner; return the metrics and timings.
+
+    The live view goes to stdout (``terminal``: force the live form (True) or the plain one (False) instead
+    of asking isatty); ``verbose``: kfp.local's own output instead. A failed step raises :class:`RunFailed`.
+    """
     import warnings
 
     import kfp.local
@@ -40,11 +95,37 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                    raise_on_error=True)
     pipeline = build_pipeline(cfg, for_cluster=False)
-    # the full config of the run, so any step can be rerun later from object storage alone
-    provenance.store_config(store, run_id, cfg)
     os.environ["ENSEMW2S_COMMIT"] = commit = provenance.code_commit()  # every step records it with its timing
+    view = liveview.RunView(run_id, list(keys.run_steps(cfg.boosting.rounds)), task_keys(pipeline))
+    log_dir = root / "logs"
+    started = False  # the run's own records are written only once it holds its run id
     t0 = time.perf_counter()
-    pipeline(run_id=run_id)
+    try:
+        with _progress_env(not verbose), liveview.capture(view, log_dir, verbose=verbose, terminal=terminal,
+                                                           on_log_closed=_log_uploader(store, run_id)):
+            # issue 13: one live run per run id (a second one is refused)
+            from ensemw2s.lease import run_lease
+
+            with run_lease(store, run_id):
+                started = True
+                # the full config of the run (only once we hold the run id), so any step can be rerun from storage
+                provenance.store_config(store, run_id, cfg)
+                _put_status(store, run_id, "running", log_dir=str(log_dir))
+                pipeline(run_id=run_id)
+    except RuntimeError as exc:
+        if "finished with status" not in str(exc):  # not a failed step (e.g. the run id is held by a live run)
+            raise
+        failed = view.failed()
+        _put_status(store, run_id, "failed", step=failed.key if failed else None, log_dir=str(log_dir))
+        msg = liveview.strip_ansi(str(exc))
+        for task, key in view.task_names.items():
+            msg = msg.replace(f"'{task}'", key)
+        raise RunFailed(msg, step=failed.key if failed else None, log_path=failed.log_path if failed else None,
+                        log_uri=store.uri(run_id, failed.key, STEP_LOG) if failed else None) from None
+    finally:
+        if started:
+            with contextlib.suppress(Exception):
+                store.put_file(log_dir / "kfp-local.log", run_id, keys.RUN_SUMMARY, "kfp-local.log")
     wall = time.perf_counter() - t0
     report_dir = root / "report"
     store.get_dir(run_id, keys.REPORT, "report", report_dir)
@@ -58,9 +139,26 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None) -> dict:
                # set by the science sweep (`python -m benchmarks.science science --jobs n`): other runs shared the machine, so step times are longer
                "parallel_jobs": int(os.environ.get("ENSEMW2S_PARALLEL_JOBS", "1")),
                "threads": os.environ.get("OMP_NUM_THREADS"),
-               "report_dir": str(report_dir)}
+               "report_dir": str(report_dir), "log_dir": str(log_dir)}
     store.put_json(run_id, keys.RUN_SUMMARY, "summary.json", summary)
+    _put_status(store, run_id, "succeeded", log_dir=str(log_dir))
     return {"metrics": metrics, "summary": summary}
+
+
+@contextlib.contextmanager
+def _progress_env(on: bool):
+    """The step subprocesses' tqdm bars write progress records for the live view (restored afterwards)."""
+    env = liveview.tqdm_env() if on else {}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def check_models(cfg) -> None:
@@ -99,10 +197,12 @@ def fork(cfg, src_run: str, run_id: str) -> None:
           "unchanged will be restored, the rest recomputed", flush=True)
 
 
-def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None = None, out=print) -> int:
-    """``ensemw2s run``: check the models, connect to the object store, optionally fork, run, print the
-    per-step times and the results table. A failed step gives exit 1 and the command that resumes."""
-    import re
+def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None = None, out=print,
+        verbose: bool = False) -> int:
+    """``ensemw2s run``: check the models, connect to the object store, optionally fork, run (the live view,
+    or everything with ``verbose``), print the per-step times, the results table and where the report is. A
+    failed step prints the end of its log and gives exit 1 with where its full log is and the command that
+    resumes."""
     import sys
 
     from ensemw2s import storage
@@ -118,14 +218,18 @@ def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None
     if from_run:
         fork(cfg, from_run, run_id)
     try:
-        result = run_local(cfg, run_id)
-    except RuntimeError as exc:
-        # kfp.local: "Pipeline ensemw2s finished with status FAILURE. Inner task failed: <task>." (coloured)
-        if "finished with status" not in str(exc):
-            raise
-        msg = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-        print(f"error: run {run_id} failed: {msg} The step's own error is in the log above; fix it and resume "
-              f"with: {resume}", file=sys.stderr)
+        result = run_local(cfg, run_id, verbose=verbose)
+    except RunFailed as exc:
+        # kfp.local: "Pipeline ensemw2s finished with status FAILURE. Inner task failed: <task>."
+        where = "The step's own error is in the log above"
+        if exc.log_path is not None:
+            lines = liveview.tail(exc.log_path)
+            print(f"\n--- last {len(lines)} lines of the log of {exc.step} ---", file=sys.stderr)
+            for line in lines:
+                print(f"  {line}", file=sys.stderr)
+            where = (f"Its full log: {exc.log_path} (also {exc.log_uri}; `ensemw2s runs log {run_id} {exc.step}`)"
+                     if not verbose else f"{where}; its full log: {exc.log_path}")
+        print(f"error: run {run_id} failed: {exc} {where}. Fix it and resume with: {resume}", file=sys.stderr)
         return 1
     s = result["summary"]
     out("\nper-step wall time (work inside the step, s):")
@@ -136,6 +240,9 @@ def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None
     out("\n" + (Path(s["report_dir"]) / "report.md").read_text())
     out(f"report: {s['report_uri']}/files/report.md (local copy: {s['report_dir']}/report.md, "
         f"report.html, accuracy_by_round.png)")
+    out(f"page:   {s['report_dir']}/report.html (open in a browser; all runs: ensemw2s runs page -o runs-page)")
+    out(f"logs:   {s['log_dir']}/<step>.log (`ensemw2s runs log {run_id} <step>`; "
+        f"`ensemw2s runs show {run_id}` lists the steps)")
     out(f"rerun or resume with: {resume}")
     return 0
 

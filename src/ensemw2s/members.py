@@ -3,8 +3,9 @@
 - :func:`ensemble_members`: the experts of a state (the EnsemW2S ensemble, or the round-1 expert alone);
 - :func:`chosen_members`: rounds 1..T with T chosen on easy_val (never on a test set);
 - :func:`open_decoder`: an :class:`~ensemw2s.ensemble.EnsembleDecoder` over them (LoRA experts of one base
-  share its weights);
-- :func:`option_logprobs_by_round`: each expert loaded once and scored on every split given.
+  share its weights and decode in one stacked forward);
+- :func:`option_logprobs_by_round`: every expert scored on every split given (LoRA experts of one base: in one
+  stacked forward over the base).
 
 Used by the ``pseudo_label`` and ``evaluate`` steps.
 """
@@ -43,30 +44,55 @@ def ensemble_members(state: dict, fetch: Fetch, members: str, upto: Optional[int
                               / "model")} for e in chosen]
 
 
-def open_decoder(members: list[dict], combine: str, batch_size: int):
-    """An EnsembleDecoder over the members; LoRA experts of one base share its weights."""
+# experts scored in one stacked forward at most (activations grow with K x batch)
+STACK_MAX = 8
+
+
+def shared_lora_base(members: list[dict]) -> bool:
+    """Whether the members are LoRA adapters of one base model (then they share its weights)."""
+    return all(m.get("lora") for m in members) and len({m["base_model"] for m in members}) == 1
+
+
+def open_decoder(members: list[dict], combine: str, batch_size: int, dtype=None):
+    """An EnsembleDecoder over the members. LoRA experts of one base share its weights and run in one stacked
+    forward per token (``EnsembleDecoder.from_lora_adapters``); full models run one forward each. ``dtype``:
+    ``resources.dtype`` (:func:`ensemw2s.modeling.load_causal_lm`)."""
     from ensemw2s.ensemble import EnsembleDecoder
     from ensemw2s.modeling import load_causal_lm, load_saved
 
     alphas = [m["alpha"] for m in members]
-    if all(m.get("lora") for m in members) and len({m["base_model"] for m in members}) == 1:
-        base, tok = load_causal_lm(members[0]["base_model"])
+    if shared_lora_base(members):
+        base, tok = load_causal_lm(members[0]["base_model"], dtype=dtype)
         return EnsembleDecoder.from_lora_adapters(base, [m["path"] for m in members], alphas, tok,
                                                   combine=combine, batch_size=batch_size)
-    loaded = [load_saved(m["path"]) for m in members]
+    loaded = [load_saved(m["path"], dtype=dtype) for m in members]
     return EnsembleDecoder([m for m, _ in loaded], alphas, loaded[0][1], combine=combine, batch_size=batch_size)
 
 
-def option_logprobs_by_round(members: list[dict], splits: dict[str, list[dict]],
-                             batch_size: int) -> dict[int, dict[str, dict]]:
-    """Each member loaded once and scored on every split given: ``{round: {split: {id: per-option token
-    log-probs}}}``."""
-    from ensemw2s.evaluation import option_logprobs
-    from ensemw2s.modeling import load_saved
+def option_logprobs_by_round(members: list[dict], splits: dict[str, list[dict]], batch_size: int,
+                             dtype=None) -> dict[int, dict[str, dict]]:
+    """Every member scored on every split given: ``{round: {split: {id: per-option token log-probs}}}``.
 
-    out = {}
+    LoRA experts of one base: the base is loaded once with every adapter, and up to :data:`STACK_MAX` experts
+    are scored in ONE forward per batch (:class:`ensemw2s.modeling.MultiAdapter`); otherwise each member is
+    loaded and scored on its own."""
+    from ensemw2s.evaluation import option_logprobs
+    from ensemw2s.modeling import MultiAdapter, load_causal_lm, load_lora_adapters, load_saved
+
+    out: dict[int, dict[str, dict]] = {}
+    if len(members) > 1 and shared_lora_base(members):
+        base, tok = load_causal_lm(members[0]["base_model"], dtype=dtype)
+        names = [f"round_{m['round']}" for m in members]
+        model = load_lora_adapters(base, [m["path"] for m in members], names)
+        for i in range(0, len(members), STACK_MAX):
+            multi = MultiAdapter(model, names[i: i + STACK_MAX])
+            for name, rows in splits.items():
+                for m, lp in zip(members[i: i + STACK_MAX],
+                                 option_logprobs(model, tok, rows, batch_size=batch_size, adapters=multi)):
+                    out.setdefault(m["round"], {})[name] = lp
+        return out
     for m in members:
-        model, tok = load_saved(m["path"])
+        model, tok = load_saved(m["path"], dtype=dtype)
         out[m["round"]] = {name: option_logprobs(model, tok, rows, batch_size=batch_size)
                            for name, rows in splits.items()}
         del model
@@ -74,7 +100,7 @@ def option_logprobs_by_round(members: list[dict], splits: dict[str, list[dict]],
 
 
 def chosen_members(active: list[dict], splits_dir: Path, select: str, batch_size: int,
-                   lp_val: Optional[dict] = None) -> tuple[list[dict], dict]:
+                   lp_val: Optional[dict] = None, dtype=None) -> tuple[list[dict], dict]:
     """The EnsemW2S ensemble under ``ensemble.select_rounds``, from ``active`` = ``ensemble_members(state, io,
     "all")``: ``all`` = every one of them; ``val`` = rounds 1..T with T chosen by option log-likelihood accuracy
     on easy_val. ``lp_val``: the experts' option log-probs on easy_val by round when the caller has them.
@@ -89,6 +115,6 @@ def chosen_members(active: list[dict], splits_dir: Path, select: str, batch_size
     val = read_jsonl(Path(splits_dir) / "easy_val.jsonl")
     if lp_val is None:
         lp_val = {r: lp["easy_val"] for r, lp in option_logprobs_by_round(active, {"easy_val": val},
-                                                                          batch_size).items()}
+                                                                          batch_size, dtype).items()}
     t, accs = select_rounds(val, lp_val, active)
     return [m for m in active if m["round"] <= t], {"chosen_rounds": t, "val_acc_by_round": accs}

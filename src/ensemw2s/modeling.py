@@ -3,16 +3,19 @@ know about a loaded model whatever wraps it (a peft LoRA wrapper, the transforme
 
 One home for: resolving a model name to a folder, checking a weights folder (safetensors only, truncation),
 loading a causal LM (optionally with a LoRA adapter), saving/loading an ensemw2s model folder, the tokenizer
-fingerprint, unwrapping peft, and the KV-cache keyword of a forward.
+fingerprint, unwrapping peft, the KV-cache keyword of a forward, the compute precision (``resources.dtype``:
+:func:`resolve_dtype`, :func:`describe_dtype`) and K LoRA adapters of one base in one forward
+(:class:`MultiAdapter`).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from pathlib import Path
 from typing import Any, Optional
 
-from ensemw2s.errors import ModelError
+from ensemw2s.errors import ConfigError, ModelError
 
 MODEL_INFO_FILE = "ensemw2s_model.json"
 
@@ -81,7 +84,9 @@ def load_tokenizer(path: str):
 
 
 def load_causal_lm(name_or_path: str, *, adapter: Optional[str] = None, dtype=None):
-    """Load (model, tokenizer). ``adapter``: a LoRA adapter folder applied on top (kept unmerged)."""
+    """Load (model, tokenizer). ``adapter``: a LoRA adapter folder applied on top (kept unmerged; its weights stay
+    float32 whatever the base's dtype). ``dtype``: a torch dtype, a ``resources.dtype`` name (:data:`DTYPES`) or
+    None (bfloat16 on a GPU, float32 on a CPU)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -89,6 +94,8 @@ def load_causal_lm(name_or_path: str, *, adapter: Optional[str] = None, dtype=No
     if Path(path).is_dir():
         check_weights_folder(Path(path))
     dev = torch_device()
+    if isinstance(dtype, str):
+        dtype = torch_dtype(resolve_dtype(dtype, dev.type))
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager"
                                                  if dev.type == "cpu" else "sdpa")
@@ -101,6 +108,31 @@ def load_causal_lm(name_or_path: str, *, adapter: Optional[str] = None, dtype=No
     model.to(dev)
     model.eval()
     return model, tok
+
+
+def load_lora_adapters(base_model, adapter_dirs, names):
+    """One ``PeftModel`` holding the LoRA adapters ``adapter_dirs`` under ``names`` (inference only), on top of
+    ``base_model`` (wrapped in place; a PeftModel gets the adapters added). The base weights are in memory once.
+    The adapters' weights are float32 whatever the base's dtype (peft's default)."""
+    from peft import PeftModel
+
+    dirs = [str(d) for d in adapter_dirs]
+    names = list(names)
+    if not dirs or len(names) != len(dirs) or len(set(names)) != len(names):
+        raise ValueError(f"need one unique adapter name per adapter folder; got {names} for {len(dirs)} folders")
+    for d in dirs:
+        if Path(d).is_dir():
+            check_weights_folder(Path(d))
+    if isinstance(base_model, PeftModel):
+        model = base_model
+        todo = list(zip(names, dirs))
+    else:
+        model = PeftModel.from_pretrained(base_model, dirs[0], adapter_name=names[0], is_trainable=False)
+        todo = list(zip(names[1:], dirs[1:]))
+    for name, d in todo:
+        model.load_adapter(d, adapter_name=name, is_trainable=False)
+    model.eval()
+    return model
 
 
 def save_model(model, tokenizer, out: Path, *, base_model: str, lora: bool) -> None:
@@ -168,3 +200,190 @@ def cache_keyword(module) -> str:
     """The KV-cache keyword of ``module.forward`` (peft unwrapped): transformers 5.x renamed
     ``past_key_values`` to ``cache`` in some forwards; use what this one takes."""
     return "cache" if accepts(unwrap_peft(module).forward, "cache") else "past_key_values"
+
+
+# --------------------------------------------------------------------------- precision (resources.dtype)
+
+DTYPES = ("auto", "float32", "bfloat16")
+# What ``auto`` picks on a CPU with native bf16 matmuls (avx512_bf16 / amx_bf16): measured in
+# docs/performance.md §5 (bf16 vs fp32: forward, decode, LoRA SFT, accuracy).
+CPU_AUTO_BF16 = True
+
+
+def cpu_bf16_feature() -> Optional[str]:
+    """The CPU flag that gives native bf16 matmuls here (``amx_bf16`` or ``avx512_bf16``), or None."""
+    flags: set = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flag in flags:
+            return flag
+    try:  # no /proc (macOS, some containers): ask torch
+        import torch
+
+        if torch.cpu._is_amx_tile_supported():
+            return "amx_bf16"
+        if torch.cpu._is_avx512_bf16_supported():
+            return "avx512_bf16"
+    except (AttributeError, ImportError, RuntimeError):
+        pass
+    return None
+
+
+def check_dtype(name: str, key: str = "resources.dtype") -> str:
+    if name not in DTYPES:
+        raise ConfigError(f"{key}: {name!r} is not allowed; allowed values: {', '.join(DTYPES)}")
+    return name
+
+
+def resolve_dtype(name: str = "auto", device: Optional[str] = None) -> str:
+    """``float32`` or ``bfloat16`` for a ``resources.dtype`` value on ``device`` (``cuda``/``cpu``; default: this
+    machine's). ``auto``: bfloat16 on a GPU; on a CPU bfloat16 where it has native bf16 matmuls
+    (:func:`cpu_bf16_feature`, and :data:`CPU_AUTO_BF16`), else float32."""
+    check_dtype(name)
+    if name != "auto":
+        return name
+    if device is None:
+        device = torch_device().type
+    if device == "cuda":
+        return "bfloat16"
+    return "bfloat16" if CPU_AUTO_BF16 and cpu_bf16_feature() else "float32"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def dtype_key(name: str) -> dict:
+    """What a step adds to its resume key for ``resources.dtype = name``: nothing for float32 (the keys of runs
+    made before the setting existed stay valid), ``{"dtype": "bfloat16"}`` otherwise. The *resolved* dtype is
+    used, so an ``auto`` run on a machine without bf16 reuses float32 results and never the other way round."""
+    resolved = resolve_dtype(name)
+    return {} if resolved == "float32" else {"dtype": resolved}
+
+
+def describe_dtype(cfg_or_name: Any = "auto") -> str:
+    """One line for a run header: the precision the model steps will use here and why. Takes a Config, its
+    ``resources`` section or a ``resources.dtype`` value."""
+    name = getattr(getattr(cfg_or_name, "resources", cfg_or_name), "dtype", cfg_or_name)
+    check_dtype(name)
+    device = torch_device().type
+    resolved = resolve_dtype(name, device)
+    if name != "auto":
+        why = "set by resources.dtype"
+    elif device == "cuda":
+        why = "auto: GPU"
+    else:
+        feature = cpu_bf16_feature()
+        why = f"auto: the CPU has {feature}" if feature and resolved == "bfloat16" else (
+            "auto: the CPU has no native bf16 (avx512_bf16/amx_bf16)" if not feature else "auto")
+    return f"precision: {resolved} on {device} ({why}; resources.dtype=float32 forces full precision)"
+
+
+# --------------------------------------------------------------------------- K LoRA adapters in one forward
+
+
+class MultiAdapter:
+    """K LoRA adapters of one peft model applied in ONE forward over the shared base.
+
+    The batch is K equal blocks of rows: rows ``k*n .. (k+1)*n - 1`` go through adapter ``names[k]``. Inside
+    :meth:`active`, every LoRA layer adds ``scaling_k * B_k A_k x`` to block k of the base layer's output; the
+    base weights are read once for all K experts, and a KV cache built inside is one cache for the stacked
+    batch (select its rows with :meth:`block_rows`).
+
+    ``impl``: ``"grouped"`` (default): our own grouped LoRA matmul, ``bmm`` + ``baddbmm`` over the K blocks
+    (the blocks are contiguous, so no gather; 2 kernels per LoRA layer); ``"peft"``: peft's mixed-adapter
+    batches (``adapter_names=``: a gather, two matmuls, a scaling and an indexed add per adapter per layer).
+    benchmarks/bench_decode.py measures both (docs/performance.md §1).
+    """
+
+    IMPLS = ("grouped", "peft")
+
+    def __init__(self, peft_model, names, impl: str = "grouped"):
+        import torch
+        from peft.tuners.lora import LoraLayer
+
+        if impl not in self.IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(self.IMPLS)}; got {impl!r}")
+        self.model, self.names, self.impl = peft_model, list(names), impl
+        if not self.names or len(set(self.names)) != len(self.names):
+            raise ValueError(f"need unique adapter names; got {self.names}")
+        self._layers = []
+        for mod in peft_model.modules():
+            if not isinstance(mod, LoraLayer) or not any(n in mod.lora_A for n in self.names):
+                continue
+            missing = [n for n in self.names if n not in mod.lora_A]
+            variants = [n for n in self.names if n in getattr(mod, "lora_variant", {})]
+            if missing or variants or getattr(mod, "merged", False):
+                raise ModelError(f"LoRA layer {type(mod).__name__} cannot run adapters {self.names} in one "
+                                 f"forward (missing {missing}, variants {variants}, merged "
+                                 f"{getattr(mod, 'merged', False)}): use one forward per expert")
+            if impl == "grouped":
+                # (K, in, r) and (K, r, out): x_k @ A_k^T @ B_k^T, the product peft computes for one adapter
+                a = torch.stack([mod.lora_A[n].weight.t() for n in self.names]).contiguous()
+                b = torch.stack([mod.lora_B[n].weight.t() for n in self.names]).contiguous()
+                s = torch.tensor([float(mod.scaling[n]) for n in self.names], dtype=a.dtype,
+                                 device=a.device).view(-1, 1, 1)
+                self._layers.append((mod, a, b, s))
+            else:
+                self._layers.append((mod, None, None, None))
+        if not self._layers:
+            raise ModelError(f"no LoRA layer of {type(peft_model).__name__} holds adapters {self.names}")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @staticmethod
+    def block_rows(keep, n: int, k: int):
+        """Indices into a K-block batch of ``n`` rows per block that keep rows ``keep`` of every block."""
+        import torch
+
+        return (torch.arange(k, device=keep.device)[:, None] * n + keep[None, :]).reshape(-1)
+
+    @contextlib.contextmanager
+    def active(self, rows_per_block: int):
+        """Within: forwards of ``self.model`` (or of its trunk) on a batch of K x ``rows_per_block`` rows."""
+        if self.model.training:
+            raise RuntimeError("MultiAdapter is for inference: put the model in eval() first")
+        if self.impl == "peft":
+            rows = [n for n in self.names for _ in range(rows_per_block)]
+            with self.model.base_model._enable_peft_forward_hooks(adapter_names=rows):
+                yield
+            return
+        k = len(self.names)
+        for mod, a, b, s in self._layers:
+            mod.forward = _grouped_forward(mod.base_layer, a, b, s, k)
+        try:
+            yield
+        finally:
+            for mod, *_ in self._layers:
+                del mod.forward  # back to the class's forward
+
+
+def _grouped_forward(base_layer, a, b, s, k: int):
+    """The forward of a LoRA layer under :meth:`MultiAdapter.active`: ``y + s_k (x_k A_k^T) B_k^T`` per block.
+    Same dtype everywhere (float32): the base output is updated in one ``baddbmm`` with the scaling folded into B
+    (two kernels per layer). A bf16 base with float32 adapters computes the LoRA term in float32, as peft does."""
+    import torch
+
+    b_scaled = (b * s).contiguous()
+
+    def forward(x, *args, **kwargs):
+        y = base_layer(x, *args, **kwargs)
+        if x.shape[0] % k:
+            raise RuntimeError(f"a MultiAdapter batch must hold {k} equal blocks of rows; got {x.shape[0]} rows")
+        xs = x.reshape(k, -1, x.shape[-1])
+        if y.dtype == a.dtype and xs.dtype == a.dtype:
+            return torch.baddbmm(y.view(k, -1, y.shape[-1]), torch.bmm(xs, a), b_scaled).view(y.shape)
+        delta = torch.bmm(torch.bmm(xs.to(a.dtype), a), b) * s
+        return (y + delta.view(y.shape)).to(y.dtype)
+
+    return forward

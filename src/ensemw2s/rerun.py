@@ -2,8 +2,10 @@
 in object storage; outputs go to ``runs/<run_id>/<step>.attempt-<n>/`` (the original is never touched) and the
 step's summary is diffed against the original.
 
-The steps and their flags come from the one table of step keys (:func:`ensemw2s.steps.keys.run_steps`).
-Credentials reach ``docker run`` by variable NAME only (docker copies the values from its own environment).
+The steps and their flags come from the one table of step keys (:func:`ensemw2s.steps.keys.run_steps`), which
+also says which steps are GPU steps: ``--docker`` runs those as the cluster does, in ``resources.gpu_image``
+with ``--gpus all`` (the others in ``resources.image``). Credentials reach ``docker run`` by variable NAME only
+(docker copies the values from its own environment).
 """
 from __future__ import annotations
 
@@ -42,11 +44,14 @@ def step_command(spec: StepRun, *, config_path: Path, run_id: str, workdir: Path
 
 
 def docker_command(image: str, step_argv: list[str], *, workdir: Path, attempt: int,
-                   assets_home: Optional[Path] = None, user: Optional[str] = None) -> list[str]:
+                   assets_home: Optional[Path] = None, user: Optional[str] = None, gpus: bool = False) -> list[str]:
     """``docker run`` for one step. Credentials are passed by variable NAME (docker copies the values from its
     own environment); only non-secret values appear on the command line. The work dir and the asset cache are
-    mounted at the same paths as here, so paths recorded in the run (e.g. expert folders) resolve the same."""
+    mounted at the same paths as here, so paths recorded in the run (e.g. expert folders) resolve the same.
+    ``gpus``: a GPU step, given every GPU of this machine (``--gpus all``, the NVIDIA container toolkit)."""
     cmd = ["docker", "run", "--rm", "--network", "host"]
+    if gpus:
+        cmd += ["--gpus", "all"]
     if user:
         cmd += ["--user", user]
     for name in DOCKER_ENV_NAMES:
@@ -55,6 +60,11 @@ def docker_command(image: str, step_argv: list[str], *, workdir: Path, attempt: 
     if assets_home is not None:
         cmd += ["-e", f"ENSEMW2S_HOME={assets_home}", "-v", f"{assets_home}:{assets_home}"]
     return cmd + [image, "python", *step_argv[1:]]
+
+
+def step_image(cfg, spec: StepRun) -> str:
+    """The image a step runs in on the cluster (and in ``--docker``): the CUDA image for GPU steps."""
+    return cfg.resources.gpu_image if spec.gpu else cfg.resources.image
 
 
 def docker_available() -> tuple[bool, str]:
@@ -183,11 +193,12 @@ def rerun_step(run_id: str, step: str, overrides: Optional[list[str]] = None, *,
         cfg_path.write_text(dump_yaml(cfg))
         argv = step_command(spec, config_path=cfg_path, run_id=run_id, workdir=workdir)
         env = {**os.environ, "ENSEMW2S_ATTEMPT": str(attempt)}
+        image = step_image(cfg, spec)
         if docker:
             user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
-            argv = docker_command(cfg.resources.image, argv, workdir=workdir, attempt=attempt,
-                                  assets_home=assets.home().resolve(), user=user)
-        where = f"docker image {cfg.resources.image}" if docker else "a local subprocess"
+            argv = docker_command(image, argv, workdir=workdir, attempt=attempt,
+                                  assets_home=assets.home().resolve(), user=user, gpus=spec.gpu)
+        where = (f"docker image {image}" + (" with --gpus all" if spec.gpu else "")) if docker else "a local subprocess"
         out(f"rerun {step} of run {run_id} as attempt {attempt} in {where}"
             + (f" with {' '.join(overrides)}" if overrides else ""))
         out("$ " + " ".join(argv))

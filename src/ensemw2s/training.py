@@ -19,7 +19,7 @@ import numpy as np
 
 from ensemw2s.data import format_prompt, format_target
 from ensemw2s.errors import ModelError
-from ensemw2s.modeling import decoder_parts, load_causal_lm, save_model
+from ensemw2s.modeling import decoder_parts, load_causal_lm, resolve_dtype, save_model
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +209,29 @@ def length_grouping_args() -> dict:
         "group_by_length": True}
 
 
+def sft_precision(dtype: Optional[str], *, lora: bool, cuda: bool) -> tuple[Optional[str], bool]:
+    """(dtype to load the weights in, bf16 autocast on?) for SFT under ``resources.dtype`` = ``dtype``.
+
+    ``None``: bf16 weights + autocast on a GPU, float32 on a CPU (the behaviour before the setting existed).
+    bf16 on a CPU: LoRA keeps the frozen base in bf16 weights (the LoRA matrices and their AdamW state stay
+    float32, peft's default), which measured faster than autocast over fp32 weights (docs/performance.md §5);
+    a full fine-tune keeps float32 master weights and runs under bf16 autocast."""
+    if dtype is None:
+        return None, cuda
+    resolved = resolve_dtype(dtype, "cuda" if cuda else "cpu")
+    if resolved == "float32":
+        return "float32", False
+    if cuda:
+        return "bfloat16", True
+    return ("bfloat16", False) if lora else ("float32", True)
+
+
 def train_sft(model_name: str, section, encoded: Sequence[Encoded], *, token_weights: Optional[dict],
-              seed: int, out_dir: Path, desc: str = "train") -> dict:
+              seed: int, out_dir: Path, desc: str = "train", dtype: Optional[str] = None) -> dict:
     """Fine-tune a fresh copy of ``model_name`` (LoRA or full, per ``section``) and save it to ``out_dir``.
 
-    Returns training stats (steps, tokens, seconds, final loss).
+    ``dtype``: ``resources.dtype`` (:func:`sft_precision`). Returns training stats (steps, tokens, seconds,
+    final loss).
     """
     import time
 
@@ -221,7 +239,8 @@ def train_sft(model_name: str, section, encoded: Sequence[Encoded], *, token_wei
     from transformers import TrainingArguments, set_seed
 
     set_seed(seed)
-    model, tok = load_causal_lm(model_name)
+    load_dtype, autocast = sft_precision(dtype, lora=section.lora.enabled, cuda=torch.cuda.is_available())
+    model, tok = load_causal_lm(model_name, dtype=load_dtype)
     model.train()
     if section.lora.enabled:
         model = apply_lora(model, section.lora)
@@ -240,7 +259,7 @@ def train_sft(model_name: str, section, encoded: Sequence[Encoded], *, token_wei
             warmup_steps=int(round(tc.warmup_ratio * total)), max_steps=total, logging_steps=max(1, total // 10),
             save_strategy="no", report_to=[], seed=seed, data_seed=seed, dataloader_num_workers=0,
             remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-            bf16=torch.cuda.is_available(), optim="adamw_torch", disable_tqdm=os.environ.get(
+            bf16=autocast, optim="adamw_torch", disable_tqdm=os.environ.get(
                 "ENSEMW2S_PROGRESS", "1") == "0", **bucketing,
         )
         trainer = _weighted_trainer_cls()(model=model, args=args, train_dataset=ds,
@@ -252,4 +271,6 @@ def train_sft(model_name: str, section, encoded: Sequence[Encoded], *, token_wei
     save_model(model, tok, out_dir, base_model=model_name, lora=section.lora.enabled)
     n_tokens = int(sum(len(e.input_ids) for e, _ in ds.items) * total / max(1, steps_per_epoch))
     return {"steps": total, "rows": len(ds), "train_seconds": round(seconds, 2),
-            "train_loss": float(result.training_loss), "tokens_seen_approx": n_tokens}
+            "train_loss": float(result.training_loss), "tokens_seen_approx": n_tokens,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", "") + (" + bf16 autocast" if autocast
+                                                                                   else "")}

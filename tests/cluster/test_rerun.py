@@ -5,6 +5,7 @@ Docker) with overrides, and the attempt's outputs, the untouched original and th
 The Docker command itself is checked as a string (and the missing-engine error), since CI has no engine."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -158,3 +159,63 @@ def test_every_step_maps_to_a_module_and_flags():
         assert args.run_id == "r", name
         inputs = [a for a in argv if a.startswith("/w/in/")]
         assert all(not Path(a).exists() for a in inputs)  # absent: fetched from the original run
+
+
+FAKE_DOCKER = r'''#!{python}
+"""A stand-in `docker` (no engine here): `info` answers, `run` is logged and its step is executed the way the
+container would run it (the -e variables, the command after the image), on this machine."""
+import json, os, subprocess, sys
+
+args = sys.argv[1:]
+if args[:1] == ["info"]:
+    print("27.0.0-fake")
+    raise SystemExit(0)
+with open(os.environ["FAKE_DOCKER_LOG"], "a") as fh:
+    fh.write(json.dumps(args) + "\n")
+assert args[0] == "run", args
+env, i, rest = dict(os.environ), 1, args[1:]
+takes_value = {{"--network", "--gpus", "--user", "-e", "-v"}}
+while rest[0].startswith("-"):
+    opt = rest.pop(0)
+    if opt in takes_value:
+        value = rest.pop(0)
+        if opt == "-e" and "=" in value:
+            k, v = value.split("=", 1)
+            env[k] = v
+image, command = rest[0], rest[1:]
+assert command[0] == "python", command
+raise SystemExit(subprocess.run([sys.executable, *command[1:]], env=env).returncode)
+'''
+
+
+def test_docker_reruns_gpu_steps_in_the_cuda_image_with_gpus(tiny_run, s3_env, tmp_path):
+    """Item 9: `rerun-step --docker` reproduces a GPU step as the cluster ran it (resources.gpu_image,
+    `--gpus all`), a CPU step in resources.image without GPUs; the step table says which is which."""
+    from ensemw2s.config import load_config
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER.format(python=sys.executable))
+    docker.chmod(0o755)
+    log = tmp_path / "docker.log"
+    bucket, env = tiny_run
+    env = dict(env, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_DOCKER_LOG=str(log))
+    res = _cli(env, "rerun-step", "--run-id", RUN_ID, "--step", "evaluate-experts", "--set",
+               f"storage.bucket={bucket}", "--docker")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = _cli(env, "rerun-step", "--run-id", RUN_ID, "--step", "update_weights-r1", "--set",
+               f"storage.bucket={bucket}", "--docker")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    runs = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(runs) == 2
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs/tiny.yaml")
+    gpu_run, cpu_run = runs
+    assert gpu_run[gpu_run.index("--gpus") + 1] == "all"
+    assert cfg.resources.gpu_image in gpu_run and cfg.resources.image not in gpu_run
+    assert "--gpus" not in cpu_run and cfg.resources.image in cpu_run and cfg.resources.gpu_image not in cpu_run
+    st = _store(bucket)  # and each step did run, publishing its attempt beside the original
+    assert any(s.startswith("evaluate-experts.attempt-") and st.is_complete(RUN_ID, s, "eval")
+               for s in st.list_steps(RUN_ID))
+    assert any(s.startswith("update_weights-r1.attempt-") and st.is_complete(RUN_ID, s, "state")
+               for s in st.list_steps(RUN_ID))

@@ -1,7 +1,8 @@
 """`ensemw2s submit` / `schedule` against a fake KFP API server (tests/cluster/fake_kfp.py) driven by the real
 kfp.Client: what is sent (pipeline spec, run_id parameter, 6-field cron), what is never sent (secrets, a bad
-cron), and that scheduling twice under one name leaves one recurring run. Also the ablation pipeline's shape
-(compiled and parsed) and the compare step's table from fake metrics."""
+cron), that scheduling twice under one name leaves one recurring run and `schedule --delete` removes it, the
+backend version floor, multi-user Kubeflow (namespace and bearer token) and the UI links. Also the ablation
+pipeline's shape (compiled and parsed) and the compare step's table from fake metrics."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_kfp import FakeKFP  # noqa: E402
@@ -34,6 +34,7 @@ def no_s3(monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("S3_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH", raising=False)
+    monkeypatch.delenv("KF_PIPELINES_UI_ENDPOINT", raising=False)
 
 
 def _tasks(spec: dict) -> list[str]:
@@ -72,8 +73,9 @@ def test_submit_sends_the_pipeline_with_run_id_and_no_secrets(repo_root, kfp_ser
     _no_secrets(kfp_server, SENTINELS.values())
     kfp_id = next(iter(kfp_server.state.runs))
     assert f"submitted run sub-test-1 (KFP run {kfp_id})" in out
-    assert f"{kfp_server.url}/#/runs/details/{kfp_id}" in out
-    assert "run-summary/config.json was not stored" in out  # no S3 endpoint here: said, not silently skipped
+    # the API server (ml-pipeline:8888) serves no UI: no link is built from it, by us or by kfp.Client
+    assert "/#/runs/details/" not in out and "/#/experiments/details/" not in out
+    assert f"KFP UI: no link (the API host serves no UI); KFP run {kfp_id}" in out
 
 
 def test_submit_generates_a_run_id(repo_root, kfp_server, no_s3, capsys):
@@ -85,17 +87,6 @@ def test_submit_generates_a_run_id(repo_root, kfp_server, no_s3, capsys):
     from ensemw2s.storage import validate_name
 
     validate_name("run id", rid)
-
-
-@pytest.mark.s3
-def test_submit_stores_the_config_for_rerun_step(repo_root, kfp_server, s3_env, store_factory, capsys):
-    st = store_factory()
-    rc = cli.main(["submit", "--host", kfp_server.url, "--config", str(repo_root / "configs/tiny.yaml"),
-                   "--set", f"storage.bucket={st.bucket}", "--run-id", "sub-stored"])
-    assert rc == 0, capsys.readouterr()
-    stored = st.get_json("sub-stored", "run-summary", "config.json")
-    assert stored["storage"]["bucket"] == st.bucket and stored["boosting"]["rounds"] == 2
-    _no_secrets(kfp_server, [s3_env.access_key, s3_env.secret_key])
 
 
 def test_submit_ablations(repo_root, kfp_server, no_s3, capsys):
@@ -127,7 +118,8 @@ def test_schedule_sends_a_six_field_cron_and_the_pipeline(repo_root, kfp_server,
     assert body["runtime_config"]["parameters"] == {"run_id": ""}
     spec = body["pipeline_spec"]["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "ensemw2s-ablations"
-    assert len([t for t in _tasks(spec) if t.startswith("train_expert")]) == 6 * 2 * 1  # 6 points x 2 rounds
+    # one sub-pipeline per distinct rounds value (the 6 points are loop items over it): 2 rounds unrolled once
+    assert len([t for t in _tasks(spec) if t.startswith("train_expert")]) == 2
     _no_secrets(kfp_server, SENTINELS.values())
     assert "'0 0 3 * * *'" in out
 
@@ -203,39 +195,6 @@ def _ablation(repo_root, *overrides):
     from ensemw2s.ablation import load_ablation
 
     return load_ablation(repo_root / "configs/ablations.yaml", list(overrides))
-
-
-def test_ablation_pipeline_structure(repo_root, tmp_path):
-    from pipelines.ablations import compile_ablations
-
-    ab = _ablation(repo_root, "grid.boosting.rounds=[1,2]", "grid.boosting.alpha_rule=[prior,samme]",
-                   "grid.boosting.sampling=[resample]", "grid.data.easy,data.hard=[[arc_easy,sciq]]",
-                   "seeds=[0,1,2]")
-    assert len(ab.points) == 4
-    spec = yaml.safe_load(compile_ablations(ab, tmp_path / "abl.yaml").read_text().split("\n---\n")[0])
-    root = spec["root"]["dag"]["tasks"]
-    (loop_name,) = [n for n, t in root.items() if t.get("parameterIterator")]
-    loop = root[loop_name]
-    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--seeds"
-    assert spec["root"]["inputDefinitions"]["parameters"]["seeds"]["defaultValue"] == [0, 1, 2]
-    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    subs = {n: t for n, t in body.items() if "dag" in spec["components"][t["componentRef"]["name"]]}
-    assert sorted(t["taskInfo"]["name"] for t in subs.values()) == sorted(p.name for p in ab.points)
-    for t in subs.values():  # each sub-pipeline gets its own run id and the loop's seed
-        assert t["inputs"]["parameters"]["seed"]["componentInputParameter"].endswith("seeds-loop-item")
-        producer = t["inputs"]["parameters"]["run_id"]["taskOutputParameter"]["producerTask"]
-        assert producer.startswith("child-run-id")
-    rounds = {}
-    for t in subs.values():
-        sub = spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]
-        rounds[t["taskInfo"]["name"]] = sum(s["taskInfo"]["name"].startswith("train_expert")
-                                            for s in sub.values())
-    assert sorted(rounds.values()) == [1, 1, 2, 2]
-    assert loop["dependentTasks"] == ["plan"]  # the plan (child configs stored) first...
-    assert not [i for i in loop["inputs"]["parameters"].values() if "taskOutputParameter" in i]  # ...no data
-    compare = next(t for t in root.values() if t["taskInfo"]["name"] == "compare")
-    assert loop_name in compare["dependentTasks"]  # after every grid point and seed
-    assert compare["inputs"]["parameters"]["base_run_id"]["taskOutputParameter"]["producerTask"] == "plan"
 
 
 def test_ablation_config_errors(repo_root, tmp_path):
@@ -319,3 +278,160 @@ def test_compare_step_reads_reports_from_storage(store, tmp_path):
     assert rows["g01-2"]["seeds"] == 1 and rows["g01-2"]["missing"] == ["abl-s3-g01-2-s1"]
     assert store.is_complete("abl-s3", "compare", "compare")
     assert "compare.md" in {f["path"] for f in store.get_manifest("abl-s3", "compare", "compare")["files"]}
+
+
+# --------------------------------------------------------------------------- UI links
+
+
+def test_ui_link_comes_from_the_ui_not_the_api_host(repo_root, kfp_server, no_s3, capsys, monkeypatch):
+    tiny = str(repo_root / "configs/tiny.yaml")
+    assert cli.main(["submit", "--host", kfp_server.url, "--config", tiny, "--run-id", "ui-1",
+                     "--ui-url", "http://localhost:8080/"]) == 0
+    out = capsys.readouterr().out
+    kfp_id = next(iter(kfp_server.state.runs))
+    assert f"KFP UI: http://localhost:8080/#/runs/details/{kfp_id}" in out
+    assert f"{kfp_server.url}/#/" not in out
+    monkeypatch.setenv("KF_PIPELINES_UI_ENDPOINT", "https://kfp-ui.example.org")  # kfp.Client's own setting
+    assert cli.main(["schedule", "--host", kfp_server.url, "--config", tiny, "--cron", "0 0 2 * * *"]) == 0
+    rr_id = next(iter(kfp_server.state.recurring_runs))
+    assert f"KFP UI: https://kfp-ui.example.org/#/recurringrun/details/{rr_id}" in capsys.readouterr().out
+
+
+def test_ui_base():
+    from ensemw2s.cluster import ui_base
+
+    assert ui_base("http://ml-pipeline.kubeflow.svc.cluster.local:8888") is None
+    assert ui_base("http://localhost:8888", "http://localhost:8080/") == "http://localhost:8080"
+    # Kubeflow's /pipeline endpoint is the UI's proxy: it serves the API and the UI
+    assert ui_base("https://kubeflow.example.org/pipeline/") == "https://kubeflow.example.org/pipeline"
+
+
+# --------------------------------------------------------------------------- backend version floor
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_an_older_kfp_backend_is_refused_before_anything_is_created(repo_root, no_s3, capsys, command):
+    with FakeKFP(version="2.5.0") as server:
+        args = [command, "--host", server.url, "--config", str(repo_root / "configs/tiny.yaml")]
+        if command == "schedule":
+            args += ["--cron", "0 0 2 * * *"]
+        assert cli.main(args) == 1
+        err = capsys.readouterr().err
+        assert "KFP backend at" in err and "version 2.5.0, older than 2.15.0" in err
+        assert "'optional'" in err and "'secretNameParameter'" in err
+        assert [r for r in server.requests if r.method != "GET"] == []
+        assert not server.state.experiments and not server.state.runs and not server.state.recurring_runs
+
+
+def test_the_floor_version_is_accepted_and_an_unknown_one_is_said(repo_root, no_s3, capsys):
+    from ensemw2s.cluster import MIN_KFP_VERSION
+
+    tiny = str(repo_root / "configs/tiny.yaml")
+    floor = ".".join(map(str, MIN_KFP_VERSION))
+    for version in (floor, f"v{floor}", "2.16.1-rc.1"):
+        with FakeKFP(version=version) as server:
+            assert cli.main(["submit", "--host", server.url, "--config", tiny]) == 0
+            assert len(server.state.runs) == 1
+    with FakeKFP(version=None) as server:  # a backend built without TAG_NAME answers "unknown"
+        assert cli.main(["submit", "--host", server.url, "--config", tiny]) == 0
+        assert f"does not report its version (tag_name 'unknown'); the pipeline needs a KFP backend >= {floor}" \
+            in capsys.readouterr().out
+        assert len(server.state.runs) == 1
+
+
+# --------------------------------------------------------------------------- multi-user Kubeflow
+
+
+TOKEN = "projected-sa-token-3c1f"  # what the chart's projected ServiceAccount token volume holds
+
+
+@pytest.fixture
+def multi_user(no_s3, tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token_file))
+    with FakeKFP(multi_user=True, token=TOKEN, namespaces={"team-a"}) as server:
+        yield server
+
+
+def _raw(server, method, path, body=None, headers=None):
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(server.url + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_fake_multi_user_server_answers_as_kubeflow_does(multi_user):
+    s, auth = multi_user, {"Authorization": f"Bearer {TOKEN}"}
+    status, health = _raw(s, "GET", "/apis/v2beta1/healthz")  # no authentication needed
+    assert status == 200 and health["multi_user"] is True and health["tag_name"] == "2.15.0"
+    status, body = _raw(s, "GET", "/apis/v2beta1/experiments", headers=auth)
+    assert (status, body["code"]) == (400, 3)
+    assert body["message"] == "Invalid input error: An experiment cannot have an empty namespace in multi-user mode"
+    status, body = _raw(s, "GET", "/apis/v2beta1/experiments?namespace=team-a")
+    assert (status, body["code"]) == (401, 16)
+    assert body["message"] == "Request header error: there is no user identity header."
+    assert _raw(s, "GET", "/apis/v2beta1/experiments?namespace=team-a",
+                headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert _raw(s, "GET", "/apis/v2beta1/experiments?namespace=team-b", headers=auth)[0] == 403
+    assert _raw(s, "GET", "/apis/v2beta1/experiments?namespace=team-a", headers=auth)[0] == 200
+    assert _raw(s, "GET", "/apis/v2beta1/recurringruns", headers=auth)[0] == 400
+
+
+def test_multi_user_without_namespace_is_refused_clearly(repo_root, multi_user, capsys):
+    assert cli.main(["submit", "--host", multi_user.url, "--config", str(repo_root / "configs/tiny.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "--namespace is required" in err and "multi-user" in err
+    assert [r.path for r in multi_user.requests if r.method != "GET"] == []
+
+
+def test_multi_user_submit_schedule_and_delete(repo_root, multi_user, capsys):
+    tiny = str(repo_root / "configs/tiny.yaml")
+    assert cli.main(["submit", "--host", multi_user.url, "--config", tiny, "--namespace", "team-a",
+                     "--experiment", "exp-mu"]) == 0
+    (exp,) = multi_user.state.experiments.values()
+    assert (exp["display_name"], exp["namespace"]) == ("exp-mu", "team-a")
+    assert len(multi_user.state.runs) == 1
+    schedule = ["schedule", "--host", multi_user.url, "--config", tiny, "--namespace", "team-a",
+                "--experiment", "nightly-mu"]
+    assert cli.main([*schedule, "--cron", "0 0 2 * * *"]) == 0
+    assert len(multi_user.state.recurring_runs) == 1
+    assert cli.main(["schedule", "--delete", "--host", multi_user.url, "--namespace", "team-a",
+                     "--experiment", "nightly-mu"]) == 0
+    assert multi_user.state.recurring_runs == {}
+    assert "deleted 1 recurring run(s) named 'nightly-mu'" in capsys.readouterr().out
+    # every request but healthz carried the projected token
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in multi_user.requests
+               if not r.path.endswith("/healthz"))
+    # another profile's namespace is refused by the server, in one line
+    assert cli.main(["submit", "--host", multi_user.url, "--config", tiny, "--namespace", "team-b"]) == 1
+    assert "HTTP 403" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- schedule --delete
+
+
+def test_schedule_delete_removes_only_the_named_recurring_run(repo_root, kfp_server, no_s3, capsys):
+    base = ["schedule", "--host", kfp_server.url, "--config", str(repo_root / "configs/tiny.yaml"),
+            "--experiment", "nightly", "--cron", "0 0 2 * * *"]
+    assert cli.main(base) == 0
+    assert cli.main([*base, "--name", "keep-me"]) == 0
+    assert cli.main(["schedule", "--delete", "--host", kfp_server.url, "--experiment", "nightly"]) == 0
+    assert [r["display_name"] for r in kfp_server.state.recurring_runs.values()] == ["keep-me"]
+    # nothing (left) to delete, or no such experiment: said, exit 0 (uninstalling twice must not fail)
+    assert cli.main(["schedule", "--delete", "--host", kfp_server.url, "--experiment", "nightly"]) == 0
+    assert cli.main(["schedule", "--delete", "--host", kfp_server.url, "--experiment", "never-created"]) == 0
+    assert capsys.readouterr().out.count("nothing to delete") == 2
+
+
+def test_schedule_needs_a_cron_unless_delete(repo_root, kfp_server, no_s3, capsys):
+    assert cli.main(["schedule", "--host", kfp_server.url, "--config", str(repo_root / "configs/tiny.yaml")]) == 2
+    assert "--cron is required" in capsys.readouterr().err
+    assert kfp_server.requests == []

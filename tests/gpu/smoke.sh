@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU smoke benchmark: SFT MFU and K=5 ensemble decoding of a random-init ~0.5B Qwen2-style model (bf16).
-# Needs only this repository and a Python with torch + transformers (no weights, no downloads).
-#   tests/gpu/smoke.sh                              # on a CUDA machine: one summary table (< 5 min on an H100)
+# GPU smoke benchmark: SFT MFU (compiled, fused linear + cross-entropy), K=5 ensemble decoding and the K=5
+# multi-adapter (stacked LoRA) forward of a random-init ~0.5B Qwen2-style model (bf16); prints ONE table.
+# Needs only this repository and a Python with torch + transformers (+ peft for the multi-adapter rows; without
+# it those rows say FAILED and the rest runs). No weights, no downloads.
+#   tests/gpu/smoke.sh                              # on a CUDA machine: one summary table (plan < 8 min)
 #   ENSEMW2S_GPU_SMOKE_TINY=1 tests/gpu/smoke.sh    # tiny sizes, CPU allowed: checks the script itself
 # PYTHON=... picks the interpreter; by default the first of python3, python, .venv/bin/python that sees a GPU.
 set -euo pipefail

@@ -1,7 +1,10 @@
-"""End to end: the whole DAG through kfp.local on configs/tiny.yaml against the real SeaweedFS server;
-then an interrupted run (killed after round 1) resumes and ends with the same metrics."""
+"""End to end: the whole DAG through kfp.local on configs/tiny.yaml against the real SeaweedFS server, in a
+pseudo-terminal (the live view a person sees); then an interrupted run (killed after round 1) resumes through a
+pipe (the plain form) and ends with the same metrics. Every step's full log is kept locally and in S3."""
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,10 +12,12 @@ import time
 
 import pytest
 from s3_fixtures import unique_bucket
+from ui.ptyrun import run_in_pty
 
 from ensemw2s.steps import keys
 
 pytestmark = pytest.mark.s3
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 METRIC_KEYS = ("weak_single_acc_id", "weak_single_acc_ood", "ensemble_acc_id", "ensemble_acc_ood",
                "ensemble_acc_ood_by_round", "student_single_acc_ood", "student_ensemble_acc_ood",
@@ -47,12 +52,30 @@ def _store(bucket):
 
 def test_full_pipeline_and_resume(repo_root, tiny_assets, s3_env, tmp_path, bucket):
     env = _env(s3_env, tmp_path)
-    # 1. uninterrupted run
-    res = subprocess.run(_run_cmd(repo_root, bucket, "full"), cwd=repo_root, env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "EnsemW2S ensemble" in res.stdout and "orchestration" in res.stdout
+    from ensemw2s import assets
+
+    logs = assets.home() / "kfp-local" / "full" / "logs"
+    shutil.rmtree(logs, ignore_errors=True)  # the run id is the same in every session: no stale logs
+    # 1. uninterrupted run, in a terminal, the steps' progress bars on
+    out = run_in_pty(_run_cmd(repo_root, bucket, "full"), env={**env, "ENSEMW2S_PROGRESS": "1"}, cwd=repo_root,
+                     timeout=900)
+    text = ANSI.sub("", out)
+    assert "EnsemW2S ensemble" in text and "orchestration" in text
+    # the live view: one line per step under its step key, redrawn in place, a bar with ETA while training;
+    # nothing of kfp.local (executor input JSON, its task names) on the terminal
+    for noise in ('"inputs"', "executor_input", "Executing task", "KFP Executor", "train-expert-2", "Streamed logs"):
+        assert noise not in out, noise
+    assert "\x1b[2K" in out and re.search(r"\x1b\[\d*A", out)
+    for key in keys.run_steps(2):
+        assert re.search(rf"✔ {re.escape(key)}\s+done\s+\d", text), key
+    assert re.search(r"training \d+/\d+ \(\d+ %\), ETA", text), text[-3000:]
+    assert "report: s3://" in text and "/report/report.html" in text
     st = _store(bucket)
+    # every step's full log, locally and next to its artifacts in S3: kfp.local's output is there
+    for key in keys.run_steps(2):
+        assert (logs / f"{key}.log").is_file() and st.exists("full", key, "step.log"), key
+    train_log = (logs / "train_expert-r1.log").read_text()
+    assert '"inputs"' in train_log and "ensemw2s-progress" in train_log and "[train_expert-r1]" in train_log
     steps = set(st.list_steps("full"))
     expected = set(keys.run_steps(2))  # the one table of step keys: every step stored under its key
     assert steps == expected | {keys.RUN_SUMMARY}, steps ^ (expected | {keys.RUN_SUMMARY})
@@ -89,6 +112,13 @@ def test_full_pipeline_and_resume(repo_root, tiny_assets, s3_env, tmp_path, buck
                          text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "restored from storage" in res.stdout
+    # through a pipe: plain lines, no control codes, a few per step
+    assert "\x1b" not in res.stdout + res.stderr and "\r" not in res.stdout
+    for key in keys.run_steps(2):
+        mine = [x for x in res.stdout.splitlines() if re.search(rf"\] {re.escape(key)} ", x)]
+        assert 2 <= len(mine) <= 3 and "started" in mine[0], (key, mine)
+    assert re.search(r"\] train_expert-r1\s+restored from storage in ", res.stdout)
+    assert '"inputs"' not in res.stdout and "Executing task" not in res.stdout
     timing = st.get_json("killed", "train_expert-r1", "timing.json")
     assert timing["restored"] is True
     # the execution that trained the expert (before the kill) keeps its timing under "produced"

@@ -23,7 +23,7 @@ def chart():
     return mod
 
 
-@pytest.mark.parametrize("scenario", ["default", "recurring", "gpu-suspended"])
+@pytest.mark.parametrize("scenario", ["default", "recurring", "gpu-suspended", "multiuser"])
 def test_pods_are_locked_down(chart, scenario):
     rendered = chart.Rendered(chart._values(chart.SCENARIOS[scenario]))
     pods = rendered.pod_templates()

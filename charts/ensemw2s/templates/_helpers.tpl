@@ -56,11 +56,50 @@ app.kubernetes.io/part-of: ensemw2s
 {{- end }}
 
 {{/*
-The ablation config file (ConfigMap key config.yaml). The checksum/config pod annotation is the sha256 of
-exactly this text.
+The ablation config file (ConfigMap key config.yaml): the `ablations` string, verbatim. The checksum/config pod
+annotation is the sha256 of exactly this text.
 */}}
 {{- define "ensemw2s.configYaml" -}}
-{{- toYaml .Values.ablations }}
+{{- .Values.ablations }}
+{{- end }}
+
+{{/*
+The keys of the S3 Secret, space-separated. The same keys as pipelines/k8s.py S3_SECRET_KEYS (the pipeline
+pods read them; tests/cluster/test_secret_keys.py checks that both lists, NOTES.txt, values.yaml and
+docs/cluster.md agree). Each key becomes the environment variable of the same name.
+*/}}
+{{- define "ensemw2s.s3SecretKeys" -}}
+AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY S3_ENDPOINT_URL
+{{- end }}
+
+{{- define "ensemw2s.kfpNamespace" -}}
+{{- default .Release.Namespace .Values.kfp.namespace }}
+{{- end }}
+
+{{/*
+Arguments every `ensemw2s submit|schedule` of the chart gets, as a JSON list: the KFP endpoint, pipeline,
+experiment and (multi-user) the profile namespace.
+*/}}
+{{- define "ensemw2s.kfpArgs" -}}
+{{- $args := list "--host" "$(KFP_HOST)" "--pipeline" .Values.kfp.pipeline "--experiment" .Values.kfp.experiment }}
+{{- if .Values.kfp.multiUser }}
+{{- $args = concat $args (list "--namespace" (include "ensemw2s.kfpNamespace" .)) }}
+{{- end }}
+{{- toJson $args }}
+{{- end }}
+
+{{/*
+The config arguments, as a JSON list: the mounted config file, and the cluster settings the chart owns (the S3
+Secret every pipeline pod reads, the image pull secrets of every pipeline pod).
+*/}}
+{{- define "ensemw2s.configArgs" -}}
+{{- $args := list "--config" (include "ensemw2s.configPath" .) "--set" (printf "resources.s3_secret_name=%s" .Values.s3.existingSecret) }}
+{{- with .Values.imagePullSecrets }}
+{{- $names := list }}
+{{- range . }}{{ $names = append $names .name }}{{ end }}
+{{- $args = concat $args (list "--set" (printf "resources.image_pull_secrets=[%s]" (join "," $names))) }}
+{{- end }}
+{{- toJson $args }}
 {{- end }}
 
 {{- define "ensemw2s.configPath" -}}
@@ -89,7 +128,32 @@ Value checks the JSON schema cannot express; rendering fails with a message nami
 {{- end }}
 {{- end }}
 {{- if not .Values.s3.existingSecret }}
-{{- fail "s3.existingSecret: name the existing Secret with the S3 credentials (the chart never creates one)" }}
+{{- fail (printf "s3.existingSecret: name the existing Secret with the keys %s (the chart never creates one)" (include "ensemw2s.s3SecretKeys" . | splitList " " | join ", ")) }}
+{{- end }}
+{{- $config := toString .Values.ablations }}
+{{- if not (trim $config) }}
+{{- fail "ablations: empty; give the ablation config as a YAML string (format: configs/ablations.yaml), e.g. --set-file ablations=my-ablations.yaml" }}
+{{- end }}
+{{- $parsed := fromYaml $config }}
+{{- if hasKey $parsed "Error" }}
+{{- fail (printf "ablations: not a YAML mapping (%s)" (get $parsed "Error")) }}
+{{- end }}
+{{- $top := list "base" "grid" "seeds" "parallelism" "fork_from" }}
+{{- $ablationKeys := list }}
+{{- $otherKeys := list }}
+{{- range $k, $_ := $parsed }}
+{{- if has $k $top }}{{ $ablationKeys = append $ablationKeys $k }}{{ else }}{{ $otherKeys = append $otherKeys $k }}{{ end }}
+{{- end }}
+{{- if and $ablationKeys $otherKeys }}
+{{- fail (printf "ablations: mixes ablation keys (%s) with config sections (%s); config sections belong under 'base:'" (join ", " $ablationKeys) (join ", " $otherKeys)) }}
+{{- end }}
+{{- if .Values.kfp.multiUser }}
+{{- if not .Values.kfp.serviceAccountToken.enabled }}
+{{- fail "kfp.serviceAccountToken.enabled: must be true with kfp.multiUser (multi-user KFP rejects requests without the ServiceAccount token)" }}
+{{- end }}
+{{- if and .Values.serviceAccount.create (not .Values.rbac.create) }}
+{{- fail "rbac.create: must be true with kfp.multiUser and a ServiceAccount created by the chart (the KFP API authorizes it with RBAC on pipelines.kubeflow.org); or set serviceAccount.create=false and serviceAccount.name to one that has those permissions (e.g. default-editor)" }}
+{{- end }}
 {{- end }}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) (.Values.rbac.create) }}
 {{- fail "serviceAccount.name: required when rbac.create is true and serviceAccount.create is false" }}
@@ -142,26 +206,19 @@ spec:
       env:
         - name: KFP_HOST
           value: {{ $v.kfp.host | quote }}
+        {{- with $v.kfp.uiUrl }}
+        - name: KF_PIPELINES_UI_ENDPOINT
+          value: {{ . | quote }}
+        {{- end }}
         - name: ENSEMW2S_HOME
           value: {{ $v.scratch.cacheDir | quote }}
-        - name: S3_ENDPOINT_URL
-          value: {{ $v.s3.endpoint | quote }}
-        - name: AWS_ENDPOINT_URL_S3
-          value: {{ $v.s3.endpoint | quote }}
-        - name: S3_BUCKET
-          value: {{ $v.s3.bucket | quote }}
-        - name: AWS_DEFAULT_REGION
-          value: {{ $v.s3.region | quote }}
-        - name: AWS_ACCESS_KEY_ID
+        {{- range (include "ensemw2s.s3SecretKeys" $root | splitList " ") }}
+        - name: {{ . }}
           valueFrom:
             secretKeyRef:
               name: {{ $v.s3.existingSecret | quote }}
-              key: {{ $v.s3.accessKeyIdKey | quote }}
-        - name: AWS_SECRET_ACCESS_KEY
-          valueFrom:
-            secretKeyRef:
-              name: {{ $v.s3.existingSecret | quote }}
-              key: {{ $v.s3.secretAccessKeyKey | quote }}
+              key: {{ . }}
+        {{- end }}
         {{- if $v.kfp.serviceAccountToken.enabled }}
         - name: KF_PIPELINES_SA_TOKEN_PATH
           value: /var/run/secrets/kubeflow/pipelines/token

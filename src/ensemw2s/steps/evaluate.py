@@ -7,6 +7,8 @@ same experts with equal weights (``ensemble_uniform``) and every prefix ensemble
 once and mixed. ``--target student-<source>``: one trained student
 (``student_single``, ``student_ensemble`` or ``ceiling``). Output ``eval/``: ``predictions.jsonl``
 ``{id, model, split, method, output, chosen, correct}`` and ``eval.json`` (accuracies, timings).
+LoRA experts of one base are scored and decoded in one stacked forward over the base (:mod:`ensemw2s.members`);
+``dtype``: ``resources.dtype``.
 """
 from __future__ import annotations
 
@@ -41,9 +43,11 @@ def _generate(decoder, rows, cfg: EvalConfig) -> list[str]:
 
 def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, out_dir: Path,
         state_dir: Optional[Path] = None, student_dir: Optional[Path] = None, rounds: Optional[int] = None,
-        run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True) -> dict:
+        run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True,
+        dtype: str = "float32") -> dict:
     from ensemw2s.data import read_jsonl, write_jsonl
     from ensemw2s.evaluation import accuracy, generation_predictions, loglik_predictions, option_logprobs
+    from ensemw2s.modeling import dtype_key
 
     if target not in keys.EVAL_TARGETS:
         raise ValueError(f"target must be one of {', '.join(keys.EVAL_TARGETS)}, got {target!r}")
@@ -51,7 +55,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
     out_dir = Path(out_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"eval": ev, "combine": ens.combine, "target": target, "rounds": rounds,
-                                         "select_rounds": ens.select_rounds}),
+                                         "select_rounds": ens.select_rounds, **dtype_key(dtype)}),
                 inputs=((keys.SPLIT_DATA, "splits"), (keys.state_after(rounds), "state") if target == "experts"
                         else (keys.train_student(target.split("-", 1)[1]), "student")))
     if io.restore({"eval": out_dir}):
@@ -72,10 +76,11 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         if ens.select_rounds == "val":
             scored["easy_val"] = read_jsonl(splits_dir / "easy_val.jsonl")
         # round -> split -> {id: per-option token logprobs}
-        lp = option_logprobs_by_round([m for _, m in sorted(by_round.items())], scored, ev.batch_size)
+        lp = option_logprobs_by_round([m for _, m in sorted(by_round.items())], scored, ev.batch_size, dtype)
         chosen, selection = chosen_members(
             active, splits_dir, ens.select_rounds, ev.batch_size,
-            lp_val={m["round"]: lp[m["round"]]["easy_val"] for m in active} if "easy_val" in scored else None)
+            lp_val={m["round"]: lp[m["round"]]["easy_val"] for m in active} if "easy_val" in scored else None,
+            dtype=dtype)
         info.update(selection)
         for s, rows in tests.items():
             preds += loglik_predictions(rows, [lp[1][s]], [1.0], "weak_single", s)
@@ -91,7 +96,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
                                         "ensemble_uniform", s)
         if ev.generation:
             for name, members in (("weak_single", [first]), ("ensemble", chosen)):
-                dec = open_decoder(members, ens.combine, ev.batch_size)
+                dec = open_decoder(members, ens.combine, ev.batch_size, dtype)
                 for s, rows in tests.items():
                     preds += generation_predictions(rows, _generate(dec, rows, ev), name, s)
                 del dec
@@ -107,7 +112,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         source = target.split("-", 1)[1]
         name = keys.STUDENT_MODELS[source]
         student_dir = io.fetch(student_dir, keys.train_student(source), "student")
-        model, tok = load_saved(Path(student_dir) / "model")
+        model, tok = load_saved(Path(student_dir) / "model", dtype=dtype)
         for s, rows in tests.items():
             preds += loglik_predictions(rows, [option_logprobs(model, tok, rows, batch_size=ev.batch_size)],
                                         [1.0], name, s)
@@ -131,7 +136,8 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
 def main(argv=None) -> int:
     return step_main(build_parser(), argv, lambda a, cfg, **io: run(
         cfg.eval, cfg.ensemble, target=a.target, splits_dir=Path(a.splits), out_dir=Path(a.out),
-        state_dir=optional_path(a.state), student_dir=optional_path(a.student), rounds=cfg.boosting.rounds, **io))
+        state_dir=optional_path(a.state), student_dir=optional_path(a.student), rounds=cfg.boosting.rounds,
+        dtype=cfg.resources.dtype, **io))
 
 
 if __name__ == "__main__":

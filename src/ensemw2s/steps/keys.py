@@ -14,7 +14,16 @@ EVAL_TARGETS = ("experts",) + tuple(f"student-{s}" for s in SOURCES)
 STUDENT_MODELS = {"single": "student_single", "ensemble": "student_ensemble", "gold": "ceiling"}
 SPLIT_DATA = "split_data"
 REPORT = "report"
-RUN_SUMMARY = "run-summary"  # not a step: the run's config and summary, stored beside the steps
+RUN_SUMMARY = "run-summary"  # not a step: the run's config, summary and lease, stored beside the steps
+# tasks of the pipeline that are not steps (no outputs of their own in storage): the first one takes the run's
+# lease and stores its config (runs/<run_id>/run-summary/), the last one releases the lease
+START_RUN = "start-run"
+END_RUN = "end-run"
+# the step modules that run on a GPU (in resources.gpu_image, with the accelerator); gold labels need no model
+GPU_MODULES = ("train_expert", "pseudo_label", "train_student", "evaluate")
+# at most this many GPU steps of one run can run at once (after boosting: the ensemble and single labels, the
+# expert evaluation and the gold branch's student)
+MAX_PARALLEL_GPU_STEPS = len(SOURCES) + 1
 
 
 def train_expert(round_: int) -> str:
@@ -50,13 +59,19 @@ def label_state(source: str, rounds: int) -> str:
 @dataclass(frozen=True)
 class StepRun:
     """How to run one step alone (``python -m ensemw2s.steps.<module>``): its fixed flags, each input flag
-    with the (producer key, output) it reads, and each output flag with (output, summary JSON inside it)."""
+    with the (producer key, output) it reads, and each output flag with (output, summary JSON inside it);
+    ``gpu``: it runs on a GPU (the CUDA image and the accelerator, on the cluster and in ``rerun-step
+    --docker``)."""
 
     key: str
     module: str
     fixed: tuple = ()
     inputs: tuple = ()  # ((flag, producer key, output), ...)
     outputs: tuple = ()  # ((flag, output, summary file), ...)
+
+    @property
+    def gpu(self) -> bool:
+        return self.module in GPU_MODULES and self.key != pseudo_label("gold")
 
 
 def run_steps(rounds: int) -> dict[str, StepRun]:

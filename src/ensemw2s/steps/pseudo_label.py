@@ -6,7 +6,8 @@ T chosen on easy_val when ``ensemble.select_rounds`` is ``val``);
 ``ensemble.pseudo_label_mode``: ``generate`` (greedy decoding, default) or ``options`` (the option with the
 best mixture log-likelihood). Output ``labels/``: ``labels.jsonl`` ``{id, question, choices,
 pseudo_answer, producer, chosen, correct}`` and ``labels.json`` (counts; accuracy against gold, for
-diagnosis only — the student never sees it).
+diagnosis only — the student never sees it). LoRA experts of one base decode (or are scored) in one stacked
+forward over the base (:mod:`ensemw2s.members`); ``dtype``: ``resources.dtype``.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def build_parser():
 
 def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Optional[Path], labels_dir: Path,
         rounds: Optional[int] = None, run_id: Optional[str] = None, storage: Optional[StorageConfig] = None,
-        resume: bool = True) -> dict:
+        resume: bool = True, dtype: str = "float32") -> dict:
     from ensemw2s.data import match_choice, read_jsonl, write_jsonl
+    from ensemw2s.modeling import dtype_key
 
     if source not in keys.SOURCES:
         raise ValueError(f"source must be one of {', '.join(keys.SOURCES)}, got {source!r}")
@@ -42,7 +44,7 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
     labels_dir = Path(labels_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"ensemble": ens if source != "gold" else None, "source": source,
-                                         "rounds": rounds}),
+                                         "rounds": rounds, **(dtype_key(dtype) if source != "gold" else {})}),
                 inputs=((keys.SPLIT_DATA, "splits"),) + (() if source == "gold" else ((keys.state_after(rounds), "state"),)))
     if io.restore({"labels": labels_dir}):
         return read_json(labels_dir / "labels.json")
@@ -62,15 +64,15 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
             if options and ens.select_rounds == "val":
                 # one load per expert scores both easy_val (to choose T) and hard_pool (the labels)
                 lp = option_logprobs_by_round(active, {"val": read_jsonl(splits_dir / "easy_val.jsonl"),
-                                                       "pool": rows}, ens.batch_size)
+                                                       "pool": rows}, ens.batch_size, dtype)
                 lp_val = {r: d["val"] for r, d in lp.items()}
                 lp_pool = {r: d["pool"] for r, d in lp.items()}
-            members, _ = chosen_members(active, splits_dir, ens.select_rounds, ens.batch_size, lp_val)
+            members, _ = chosen_members(active, splits_dir, ens.select_rounds, ens.batch_size, lp_val, dtype)
         else:
             members = ensemble_members(state, io.fetch, "first")
         producer = f"{source}:rounds={[m['round'] for m in members]}:alphas={[round(m['alpha'], 4) for m in members]}"
         if not options:
-            dec = open_decoder(members, ens.combine, ens.batch_size)
+            dec = open_decoder(members, ens.combine, ens.batch_size, dtype)
             from ensemw2s.data import format_prompt
 
             answers = [a.split("\n")[0].strip() for a in
@@ -82,7 +84,7 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
             missing = [m for m in members if m["round"] not in lp_pool]
             if missing:
                 lp_pool.update({r: d["pool"] for r, d in option_logprobs_by_round(missing, {"pool": rows},
-                                                                                  ens.batch_size).items()})
+                                                                                  ens.batch_size, dtype).items()})
             lps = [lp_pool[m["round"]] for m in members]
             w = normalise_alphas([m["alpha"] for m in members])
             answers = [r["choices"][mixture_choice([lp[r["id"]] for lp in lps], w)] for r in rows]
@@ -106,7 +108,7 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
 def main(argv=None) -> int:
     return step_main(build_parser(), argv, lambda a, cfg, **io: run(
         cfg.ensemble, source=a.source, splits_dir=Path(a.splits), state_dir=optional_path(a.state),
-        labels_dir=Path(a.labels), rounds=a.rounds or cfg.boosting.rounds, **io))
+        labels_dir=Path(a.labels), rounds=a.rounds or cfg.boosting.rounds, dtype=cfg.resources.dtype, **io))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 
 Inputs: the ``eval/`` folders of evaluate (experts and the three students). Output ``report/``:
 ``metrics.json`` (flat, one key per number), ``predictions.jsonl`` (all models), ``report.md``,
-``report.html`` and ``accuracy_by_round.png``.
+``report.html`` (the run's page of :mod:`ensemw2s.site`, plots embedded, for the KFP UI) and
+``accuracy_by_round.png``.
 """
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +32,7 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
     from ensemw2s.data import read_jsonl, write_jsonl
     from ensemw2s.evaluation import build_metrics, render_report
     from ensemw2s.plots import plot_by_round
+    from ensemw2s.site import run_page
 
     out_dir = Path(out_dir)
     io = StepIO(STEP, run_id=run_id, storage=storage, resume=resume,
@@ -64,42 +65,26 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
     plot_by_round([metrics], out_dir / "accuracy_by_round.png")
     md = render_report(metrics, "accuracy_by_round.png")
     (out_dir / "report.md").write_text(md)
-    (out_dir / "report.html").write_text(markdown_to_html(md))
+    # the page of `ensemw2s runs page`, plots embedded: what the KFP UI shows for the HTML artifact
+    (out_dir / "report.html").write_text(run_page(page_record(metrics, io.store, run_id)), encoding="utf-8")
     io.publish({"report": out_dir})
     print(md, flush=True)
     return metrics
 
 
-def markdown_to_html(md: str) -> str:
-    """Just enough Markdown (headings, tables, lists, paragraphs) for the KFP UI's HTML viewer."""
-    out, in_table = ["<html><body style='font-family:sans-serif'>"], False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-: "):
-                continue
-            if not in_table:
-                out.append("<table border='1' cellpadding='4' style='border-collapse:collapse'>")
-                in_table = True
-                out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
-                continue
-            out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("# "):
-            out.append(f"<h2>{html.escape(line[2:])}</h2>")
-        elif line.startswith("- "):
-            out.append(f"<li>{html.escape(line[2:])}</li>")
-        elif line.startswith("!["):
-            continue
-        elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    out.append("</body></html>")
-    return "\n".join(out)
+def page_record(metrics: dict, store=None, run_id: Optional[str] = None) -> dict:
+    """What :func:`ensemw2s.site.run_page` shows of this run at report time: the metrics and, with object
+    storage, the steps recorded so far (the seconds of the execution that computed each)."""
+    from ensemw2s.provenance import produced_seconds, step_timings
+
+    steps = []
+    if store is not None and run_id:
+        for key, t in step_timings(store, run_id).items():
+            restored = bool(t.get("restored"))
+            steps.append({"key": key, "status": "restored" if restored else "done", "restored": restored,
+                          "seconds": produced_seconds(t), "outputs": {}, "log_uri": None})
+    return {"run_id": run_id or metrics.get("run_id"), "metrics": metrics, "steps": steps,
+            "status": "complete (written by the report step)"}
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,12 @@ each to ``s3://<bucket>/<prefix>/<run_id>/<step>/<output>/`` with a manifest wri
 work a step calls :meth:`StepIO.restore`: when all its outputs are already complete in storage for the same
 config hash (a resumed run), it downloads them instead of recomputing. An input folder that is absent
 locally is fetched from storage (:meth:`StepIO.fetch`), so any step can run from object storage alone.
+
+In the pipeline the object store is the one source of truth (docs/cluster.md, "One artifact store"): a KFP
+output artifact holds only a pointer (:func:`kfp_point`: the S3 URI and the digest of the manifest, also in the
+artifact's metadata), and the step's files are written to a work folder (:func:`kfp_work_dir`) and uploaded.
+:meth:`StepIO.fetch` follows a pointer: it uses a local copy only when it matches the manifest (sizes and
+CRC32C), else downloads; a pointer whose manifest has changed since is an error, never a silent mix.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from ensemw2s.provenance import code_commit, produced_record
 log = logging.getLogger("ensemw2s.steps")
 
 LOCAL_MARK = "_ensemw2s_artifact.json"
+POINTER = "_ensemw2s_pointer.json"  # the one file of a KFP output artifact: where the files are in S3
+SCRATCH_ENV = "ENSEMW2S_SCRATCH"  # a pod's scratch volume (pipelines/k8s.py): work folders and fetched inputs
 
 
 def is_local_complete(path: Path) -> bool:
@@ -49,6 +57,7 @@ class StepIO:
         self.step, self.run_id, self.config_hash, self.resume = step, run_id, config_hash, resume
         self.t0 = time.time()
         self.store = None
+        self.lease = None
         if run_id is not None:
             from ensemw2s import storage as st
 
@@ -56,6 +65,10 @@ class StepIO:
             st.validate_name("step", step)
             self.store = st.Store.from_config(storage or StorageConfig())
             self.store.check()
+            if not attempt:  # in a cluster pod: hold the run's lease while working (ensemw2s.lease)
+                from ensemw2s.lease import step_lease
+
+                self.lease = step_lease(self.store, run_id)
             if inputs:
                 # outputs are only reusable when the inputs they were made from are the same: an upstream step
                 # recomputed with another config (a resumed run with a changed section, a forked run) changes
@@ -88,6 +101,8 @@ class StepIO:
         if not all(self._complete_same_config(o) for o in outputs):
             return False
         for output, path in outputs.items():
+            if local_matches(Path(path), self.store.get_manifest(self.run_id, self.step, output)):
+                continue  # this machine already has these very files (a resumed local run)
             _clear(Path(path))
             self.store.get_dir(self.run_id, self.step, output, Path(path))
         print(f"[{self.step}] outputs already complete in {self.store.uri(self.run_id, self.step)}: "
@@ -97,6 +112,8 @@ class StepIO:
 
     def _timing(self, restored: bool) -> None:
         """Record how long the step's own work took (the run summary subtracts it from the runner's time)."""
+        if self.lease is not None:  # the step's work is over: the run keeps the lease until end-run
+            self.lease.stop_heartbeat()
         if self.store is not None:
             end = time.time()
             record = {"start": self.t0, "end": end, "work_seconds": round(end - self.t0, 3), "restored": restored,
@@ -130,19 +147,153 @@ class StepIO:
             print(f"[{self.step}] {message}", flush=True)
 
     def fetch(self, path: Optional[str | Path], producer: str, output: str) -> Path:
-        """Local folder of an upstream artifact, downloaded from storage when it is not here."""
-        if path and Path(path).is_dir() and any(Path(path).iterdir()):
+        """Local folder of an upstream artifact: ``path`` itself when it holds the files; for a KFP pointer
+        (or no path) a local copy that matches the manifest in storage, downloaded when there is none."""
+        pointer = read_pointer(path) if path else None
+        if pointer is None and path and Path(path).is_dir() and any(Path(path).iterdir()):
             return Path(path)
         if self.store is None:
             raise FileNotFoundError(f"missing artifact: step {producer!r}, output {output!r}, local path {path} "
                                     "does not exist and no run id/object storage was given to fetch it from")
-        from ensemw2s import assets
+        run_id = self.run_id
+        candidates = []
+        if pointer is not None:
+            run_id, producer, output = pointer["run_id"], pointer["step"], pointer["output"]
+            if pointer.get("local"):
+                candidates.append(Path(pointer["local"]))  # the producer's work folder, on this machine?
+            dest = local_artifact_dir(run_id, producer, output)
+        else:
+            dest = Path(path) if path else local_artifact_dir(run_id, producer, output)
+        manifest = self.store.get_manifest(run_id, producer, output)
+        if pointer is not None and manifest_digest(manifest) != pointer.get("digest"):
+            from ensemw2s.errors import CorruptArtifactError
 
-        dest = Path(path) if path else assets.home() / "cache" / "runs" / self.run_id / producer / output
-        if not is_local_complete(dest):
-            _clear(dest)
-            self.store.get_dir(self.run_id, producer, output, dest)
+            raise CorruptArtifactError(
+                f"the KFP artifact of step {producer!r} output {output!r} points at "
+                f"{self.store.uri(run_id, producer, output)}/ with digest {pointer.get('digest')}, but the "
+                f"manifest there now has digest {manifest_digest(manifest)}: the step was recomputed since this "
+                "pointer was written (e.g. a KFP cache hit of an older execution); rerun without the KFP cache "
+                "(ensemw2s submit --no-cache)")
+        for candidate in candidates + [dest]:
+            if local_matches(candidate, manifest):
+                return candidate
+        _clear(dest)
+        self.store.get_dir(run_id, producer, output, dest)
         return dest
+
+
+def task_configs(cfg) -> dict[str, str]:
+    """The config strings the pipeline's tasks receive, each holding exactly what its steps read (so KFP's
+    cache key changes when, and only when, a setting that matters to the task changes):
+
+    - ``split_weak``: of ``experts``, the model and ``train.max_length`` (the whole section when
+      ``data.difficulty`` is ``crossfit``, which fine-tunes weak models);
+    - ``round_boosting``: ``boosting`` without ``rounds`` (round t's steps do not depend on how many rounds
+      follow it, so a run grown from 3 to 5 rounds reuses rounds 1-3);
+    - ``no_ensemble``: ``{}`` for the tasks that read no ensemble setting (gold labels, student evaluation);
+    - ``dtype``: ``resources.dtype``, for the model steps that take it (not gold labels: they load no model);
+    - the sections ``data``, ``experts``, ``boosting``, ``ensemble``, ``student``, ``eval``, ``resources``
+      as they are (``start-run`` stores the whole config from them)."""
+    from ensemw2s.config import to_dict
+    from ensemw2s.data import needs_model_difficulty
+
+    def j(obj) -> str:
+        return json.dumps(obj, sort_keys=True)
+
+    d = to_dict(cfg)
+    crossfit = needs_model_difficulty(cfg.data) and cfg.data.difficulty == "crossfit"
+    weak = d["experts"] if crossfit else {"model": cfg.experts.model,
+                                          "train": {"max_length": cfg.experts.train.max_length}}
+    out = {name: j(d[name]) for name in ("data", "experts", "boosting", "ensemble", "student", "eval",
+                                          "resources")}
+    out.update(split_weak=j(weak), round_boosting=j({k: v for k, v in d["boosting"].items() if k != "rounds"}),
+               no_ensemble=j({}), dtype=str(getattr(cfg.resources, "dtype", "float32")))
+    return out
+
+
+def manifest_digest(manifest: dict) -> str:
+    """The identity of an artifact's content: sha256 over its files' paths, sizes and sha256s."""
+    import hashlib
+
+    files = sorted((str(f.get("path")), f.get("size"), f.get("sha256")) for f in manifest.get("files", []))
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:32]
+
+
+def local_matches(path: Path, manifest: dict) -> bool:
+    """True when the folder ``path`` holds every file of ``manifest`` with its size and checksum (CRC32C, or
+    sha256 for a manifest without one) and nothing else."""
+    from ensemw2s.digests import file_digests
+
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    files = manifest.get("files", [])
+    here = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    if here != {str(f.get("path")) for f in files}:
+        return False
+    for f in files:
+        p = path / str(f["path"])
+        if p.stat().st_size != f.get("size"):
+            return False
+        algo = "crc32c" if f.get("crc32c") else "sha256"
+        if file_digests(p, (algo,))[algo] != f.get(algo):
+            return False
+    return True
+
+
+def local_artifact_dir(run_id: str, step: str, output: str) -> Path:
+    """This machine's copy of a stored artifact: on the pod's scratch volume, else in the asset cache."""
+    scratch = os.environ.get(SCRATCH_ENV)
+    if scratch:
+        return Path(scratch) / "runs" / run_id / step / output
+    from ensemw2s import assets
+
+    return assets.home() / "cache" / "runs" / run_id / step / output
+
+
+def read_pointer(path) -> Optional[dict]:
+    """The pointer in a KFP artifact folder (None when ``path`` is not one)."""
+    f = Path(path) / POINTER
+    if not f.is_file():
+        return None
+    data = json.loads(f.read_text())
+    return data if isinstance(data, dict) and {"run_id", "step", "output", "digest"} <= set(data) else None
+
+
+def kfp_work_dir(artifact_path: str, run_id: Optional[str], step: str, output: str) -> Path:
+    """Where a pipeline step writes the files of one output: the KFP artifact folder itself when there is no
+    run id (no object store); else on the pod's scratch volume, or beside the artifact folder (kfp.local), so
+    the KFP artifact gets only the pointer (:func:`kfp_point`)."""
+    if not run_id:
+        return Path(artifact_path)
+    if os.environ.get(SCRATCH_ENV):
+        return local_artifact_dir(run_id, step, output)
+    return Path(str(artifact_path).rstrip("/") + ".files")
+
+
+def kfp_point(artifact, run_id: Optional[str], storage: Optional[StorageConfig], step: str, output: str,
+              work: Path, extra: Optional[dict] = None) -> dict:
+    """Make the KFP output ``artifact`` (anything with ``.path`` and ``.metadata``) a pointer to the stored
+    artifact ``runs/<run_id>/<step>/<output>/``: a pointer file, and the S3 URI, digest, file count and bytes
+    in its metadata (the KFP UI shows them). Returns the metadata. Without a run id the files stay in place."""
+    if not run_id:
+        return {}
+    from ensemw2s import storage as st
+
+    store = st.Store.from_config(storage or StorageConfig())
+    manifest = store.get_manifest(run_id, step, output)
+    meta = {"uri": store.uri(run_id, step, output) + "/", "manifest": store.manifest_uri(run_id, step, output),
+            "digest": manifest_digest(manifest), "files": len(manifest["files"]),
+            "bytes": sum(int(f.get("size") or 0) for f in manifest["files"]), "run_id": run_id, "step": step,
+            "output": output, "config_hash": manifest.get("config_hash", ""), **(extra or {})}
+    target = Path(artifact.path)
+    if target.resolve() != Path(work).resolve():
+        _clear(target)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / POINTER).write_text(json.dumps({**meta, "local": str(Path(work).resolve())}, indent=1,
+                                                 sort_keys=True))
+    artifact.metadata.update(meta)
+    return meta
 
 
 def _clear(path: Path) -> None:

@@ -4,6 +4,11 @@ Inputs: ``splits/`` (easy_train), ``state/`` (D_t, the base model's token errors
 Output ``expert/``: the model (LoRA adapter or full weights), ``expert.json``
 ``{round, eps, eps_prior, alpha, seed, skipped, ...}`` and ``wrong.jsonl`` (the expert's teacher-forced
 token errors on easy_train, which update_weights turns into D_{t+1}).
+
+The teacher-forced pass scores ONE model, this round's expert: ``eps_prior`` (the base model's error under D_t)
+reads ``base_wrong`` from the state, computed once by split_data before round 1, so there is no second model
+here to stack into one forward (the K-experts-in-one-forward path is for decoding and option scoring,
+:mod:`ensemw2s.members`). ``dtype``: ``resources.dtype`` (training and the teacher-forced pass).
 """
 from __future__ import annotations
 
@@ -29,19 +34,20 @@ def build_parser():
 
 def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, seed: int, splits_dir: Path,
         state_dir: Path, expert_dir: Path, run_id: Optional[str] = None, storage: Optional[StorageConfig] = None,
-        resume: bool = True) -> dict:
+        resume: bool = True, dtype: str = "float32") -> dict:
     import numpy as np
 
     from ensemw2s import boosting
     from ensemw2s.data import read_jsonl, write_jsonl
-    from ensemw2s.modeling import load_saved, tokenizer_signature
+    from ensemw2s.modeling import dtype_key, load_saved, tokenizer_signature
     from ensemw2s.training import encode_rows, teacher_forced, train_sft
 
     expert_dir = Path(expert_dir)
     key = keys.train_expert(round_)
     prev = keys.state_after(round_ - 1)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
-                config_hash=config_hash({"experts": experts, "boosting": boosting_cfg, "round": round_, "seed": seed}),
+                config_hash=config_hash({"experts": experts, "boosting": boosting_cfg, "round": round_, "seed": seed,
+                                         **dtype_key(dtype)}),
                 inputs=((keys.SPLIT_DATA, "splits"), (prev, "state")))
     if io.restore({"expert": expert_dir}):
         return read_json(expert_dir / "expert.json")
@@ -85,8 +91,8 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     enc = encode_rows(tok, rows, experts.train.max_length)
     model_dir = expert_dir / "model"
     stats = train_sft(experts.model, experts, enc, token_weights=token_weights, seed=expert_seed,
-                      out_dir=model_dir, desc=f"expert r{round_}")
-    model, tok = load_saved(model_dir)
+                      out_dir=model_dir, desc=f"expert r{round_}", dtype=dtype)
+    model, tok = load_saved(model_dir, dtype=dtype)
     res = teacher_forced(model, tok, enc, desc="expert token errors")
     wrong = np.concatenate([np.asarray(res[i]["wrong"], dtype=np.float64) for i in ids])
     base_wrong = np.concatenate([np.asarray(wrows[i]["base_wrong"], dtype=np.float64) for i in ids])
@@ -112,7 +118,7 @@ def main(argv=None) -> int:
         if not 1 <= a.round <= cfg.boosting.rounds:
             raise ConfigError(f"--round {a.round} is out of range; boosting.rounds is {cfg.boosting.rounds}")
         run(cfg.experts, cfg.boosting, round_=a.round, seed=cfg.seed, splits_dir=Path(a.splits),
-            state_dir=Path(a.state), expert_dir=Path(a.expert), **io)
+            state_dir=Path(a.state), expert_dir=Path(a.expert), dtype=cfg.resources.dtype, **io)
 
     return step_main(build_parser(), argv, work)
 
