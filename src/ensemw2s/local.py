@@ -223,10 +223,12 @@ def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None
         # kfp.local: "Pipeline ensemw2s finished with status FAILURE. Inner task failed: <task>."
         where = "The step's own error is in the log above"
         if exc.log_path is not None:
+            # the step's own last lines are context (stdout); stderr keeps the one `error:` line
             lines = liveview.tail(exc.log_path)
-            print(f"\n--- last {len(lines)} lines of the log of {exc.step} ---", file=sys.stderr)
+            out(f"\n--- last {len(lines)} lines of the log of {exc.step} ---")
             for line in lines:
-                print(f"  {line}", file=sys.stderr)
+                out(f"  {line}")
+            sys.stdout.flush()
             where = (f"Its full log: {exc.log_path} (also {exc.log_uri}; `ensemw2s runs log {run_id} {exc.step}`)"
                      if not verbose else f"{where}; its full log: {exc.log_path}")
         print(f"error: run {run_id} failed: {exc} {where}. Fix it and resume with: {resume}", file=sys.stderr)
