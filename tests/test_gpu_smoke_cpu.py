@@ -27,7 +27,9 @@ def test_smoke_script_runs_on_cpu_at_tiny_sizes(tmp_path):
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout.split("=== GPU smoke summary", 1)[1]
-    checks = [line.split("  ")[0] for line in table.splitlines()[3:] if line.strip()]
+    lines = table.splitlines()
+    body = lines[next(i for i, line in enumerate(lines) if line.startswith("-----")) + 1:]
+    checks = [line.split("  ")[0] for line in body if line.strip()]
     assert checks == ["SFT eager 2x64", "SFT eager + fused CE 2x64", "decode K=5 separate models / (HF/K)",
                       "multi-adapter decode K=5 stacked / single model", "multi-adapter decode K=5 stacked / switch",
                       "multi-adapter prefill K=5 stacked / one forward per expert"], table

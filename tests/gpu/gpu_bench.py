@@ -455,8 +455,8 @@ def summary_rows(sft: list[dict], dec: dict, multi: dict, peak: float | None) ->
             rows.append([name, "FAILED: " + r["failed"][:60], "", ">= 45 % MFU", "FAIL"])
             continue
         mfu = r["flops_6n"] / peak if peak else None
-        rows.append([name, f"{r['tokens_per_s']:,.0f} tok/s, {r['step_s'] * 1e3:.1f} ms/step, "
-                           f"{r['peak_mem_gib']:.1f} GiB",
+        mem = f"{r['peak_mem_gib']:.1f} GiB" if r["peak_mem_gib"] == r["peak_mem_gib"] else "peak n/a"
+        rows.append([name, f"{r['tokens_per_s']:,.0f} tok/s, {r['step_s'] * 1e3:.1f} ms/step, {mem}",
                      f"MFU {_fmt(mfu, '.1%') or 'n/a'} (+attn {_fmt(r['flops_palm'] / peak if peak else None, '.1%') or 'n/a'})",
                      ">= 45 % MFU", ("PASS" if mfu >= 0.45 else "FAIL") if mfu is not None else "n/a"])
     if "failed" in dec:
