@@ -193,13 +193,128 @@ def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _new_cache(config):
+def _new_cache(config, capacity: int | None = None, pool: dict | None = None):
+    """A DynamicCache whose full-attention layers reserve ``capacity`` positions (prompt width + new tokens) at
+    their first update: each new token is written in place instead of ``torch.cat`` copying the whole cache
+    (per token, per layer) and leaving the allocator a trail of freed, ever larger blocks. ``pool``: buffers
+    kept from an earlier (larger: longest prompts first) batch of the same call, reused as views."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     try:
-        return DynamicCache(config=config)
+        cache = DynamicCache(config=config)
     except TypeError:  # older transformers
         return DynamicCache()
+    if capacity:
+        layers = getattr(cache, "layers", None) or []
+        for i, layer in enumerate(layers):
+            if type(layer) is DynamicLayer:  # sliding-window and other layer kinds keep their own logic
+                layers[i] = _reserved_layer_cls()(capacity, pool, i)
+    return cache
+
+
+_RESERVED = None
+
+
+def _reserved_layer_cls():
+    global _RESERVED
+    if _RESERVED is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class ReservedLayer(DynamicLayer):
+            """A DynamicLayer over a buffer of ``capacity`` positions; ``keys``/``values`` are views of its
+            filled part (grown by reallocation only if a call outruns the capacity)."""
+
+            def __init__(self, capacity: int, pool: dict | None = None, index: int = 0):
+                super().__init__()
+                self.capacity = int(capacity)
+                self._k = self._v = None
+                self._n = 0
+                self._pool, self._index = pool, index
+
+            def _buffers(self, rows: int, key_states, value_states):
+                """Zero-copy views of pooled buffers when they are large enough, else new (pooled) ones."""
+                h, d, dv = key_states.shape[1], key_states.shape[-1], value_states.shape[-1]
+                got = self._pool.get(self._index) if self._pool is not None else None
+                if (got is None or got[0].shape[0] < rows or got[0].shape[2] < self.capacity
+                        or got[0].shape[1] != h or got[0].shape[3] != d or got[1].shape[3] != dv
+                        or got[0].dtype != key_states.dtype or got[0].device != key_states.device):
+                    got = (key_states.new_empty((rows, h, self.capacity, d)),
+                           value_states.new_empty((rows, h, self.capacity, dv)))
+                    if self._pool is not None:
+                        self._pool[self._index] = got
+                return got[0][:rows, :, : self.capacity], got[1][:rows, :, : self.capacity]
+
+            def _views(self):
+                self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
+
+            def reserve(self, rows: int, key_states, value_states) -> None:
+                """Allocate the buffers for ``rows`` batch rows (shapes and dtypes from ``key_states``)."""
+                if self._k is None:
+                    self.lazy_initialization(key_states, value_states)
+                    self._k, self._v = self._buffers(rows, key_states, value_states)
+
+            def block(self, start: int, stop: int, rows: int) -> ReservedLayer:
+                """A layer writing into batch rows ``start:stop`` of this one's buffers (``rows`` in all): the
+                prefill of one block of a stacked batch, straight into the stacked cache."""
+                parent, child = self, ReservedLayer(self.capacity)
+
+                def update(key_states, value_states, *args, **kwargs):
+                    parent.reserve(rows, key_states, value_states)
+                    if child._k is None:
+                        child.lazy_initialization(key_states, value_states)
+                        child._k, child._v = parent._k[start:stop], parent._v[start:stop]
+                    return ReservedLayer.update(child, key_states, value_states)
+
+                child.update = update
+                return child
+
+            def filled(self, n: int) -> None:
+                """``n`` positions of every row were written through :meth:`block` layers."""
+                self._n = n
+                self._views()
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                n = key_states.shape[-2]
+                if self._k is None and self._n + n <= self.capacity:
+                    self._k, self._v = self._buffers(key_states.shape[0], key_states, value_states)
+                elif self._k is None or self._n + n > self._k.shape[-2]:
+                    size = (*key_states.shape[:2], max(self.capacity, self._n + n), key_states.shape[-1])
+                    k, v = key_states.new_empty(size), value_states.new_empty(size[:3] + value_states.shape[-1:])
+                    if self._n:
+                        k[:, :, : self._n], v[:, :, : self._n] = self._k[:, :, : self._n], self._v[:, :, : self._n]
+                    self._k, self._v = k, v
+                self._k[:, :, self._n: self._n + n] = key_states
+                self._v[:, :, self._n: self._n + n] = value_states
+                self._n += n
+                self._views()
+                return self.keys, self.values
+
+            def crop(self, tokens_to_remove: int) -> None:
+                super().crop(tokens_to_remove)
+                if self._k is not None:
+                    self._n = self.keys.shape[-2]
+
+            def batch_repeat_interleave(self, repeats: int) -> None:
+                if self._n:
+                    self._k = self._k.repeat_interleave(repeats, dim=0)
+                    self._v = self._v.repeat_interleave(repeats, dim=0)
+                    self._views()
+
+            def batch_select_indices(self, indices) -> None:
+                if self._n:
+                    self._k, self._v = self._k[indices, ...], self._v[indices, ...]
+                    self._views()
+
+            def reset(self) -> None:
+                self._k = self._v = None
+                self._n = 0
+                super().reset()
+
+        _RESERVED = ReservedLayer
+    return _RESERVED
 
 
 class _Expert:
@@ -218,11 +333,14 @@ class _Expert:
             model.set_adapter, "inference_mode"
         )
 
-    def new_cache(self):
-        return _new_cache(self.config)
+    def new_cache(self, capacity: int | None = None, pool: dict | None = None):
+        return _new_cache(self.config, capacity, pool)
 
     def select(self, cache, keep: torch.Tensor, n: int) -> None:
         cache.batch_select_indices(keep.to(_cache_device(cache, self.device)))
+
+    def prefill(self, input_ids, attention_mask, position_ids, cache) -> list[torch.Tensor]:
+        return self.last_logits(input_ids, attention_mask, position_ids, cache)
 
     def last_logits(self, input_ids, attention_mask, position_ids, cache) -> list[torch.Tensor]:
         if self.adapter is not None:
@@ -256,6 +374,36 @@ class _StackedExperts(_Expert):
     def select(self, cache, keep: torch.Tensor, n: int) -> None:
         idx = MultiAdapter.block_rows(keep, n, self.k)
         cache.batch_select_indices(idx.to(_cache_device(cache, self.device)))
+
+    def prefill(self, input_ids, attention_mask, position_ids, cache) -> list[torch.Tensor]:
+        """The prompts, one expert (block) at a time, written straight into the stacked cache: the prefill is
+        compute-bound, so stacking gains nothing there, and one block at a time keeps its activations those of a
+        single model (peak memory). Falls back to one stacked forward for caches with other layer kinds."""
+        layers = getattr(cache, "layers", None) or []
+        reserved = _reserved_layer_cls()
+        if self.k == 1 or not layers or not all(type(layer) is reserved for layer in layers):
+            return self.last_logits(input_ids, attention_mask, position_ids, cache)
+        import copy
+
+        n = input_ids.shape[0]
+        out = []
+        for b in range(self.k):
+            sub = copy.copy(cache)
+            sub.layers = [layer.block(b * n, (b + 1) * n, self.k * n) for layer in layers]
+            kwargs: dict[str, Any] = {
+                "input_ids": input_ids.to(self.device),
+                "attention_mask": attention_mask.to(self.device),
+                "position_ids": position_ids.to(self.device),
+                "use_cache": True,
+                self.cache_kw: sub,
+            }
+            if self.has_logits_to_keep:
+                kwargs["logits_to_keep"] = 1
+            with self.multi.active(n, block=b):
+                out.append(self.base(**kwargs).logits[:, -1, :])
+        for layer in layers:
+            layer.filled(input_ids.shape[1])
+        return out
 
     def last_logits(self, input_ids, attention_mask, position_ids, cache) -> list[torch.Tensor]:
         n = input_ids.shape[0]
@@ -407,9 +555,10 @@ class EnsembleDecoder:
 
             bar = tqdm(total=len(encoded), desc="ensemble decoding", unit="prompt")
         try:
+            pools: list[dict] = [{} for _ in self._experts]  # KV buffers of the first (longest) batch, reused
             with torch.inference_mode():
                 for batch in batches:
-                    outs = self._decode_batch([encoded[i] for i in batch], int(max_new_tokens), prune)
+                    outs = self._decode_batch([encoded[i] for i in batch], int(max_new_tokens), prune, pools)
                     for i, ids in zip(batch, outs):
                         results[i] = ids
                     if bar is not None:
@@ -419,7 +568,8 @@ class EnsembleDecoder:
                 bar.close()
         return results
 
-    def _decode_batch(self, batch: list[list[int]], max_new_tokens: int, prune: bool) -> list[list[int]]:
+    def _decode_batch(self, batch: list[list[int]], max_new_tokens: int, prune: bool,
+                      pools: list[dict] | None = None) -> list[list[int]]:
         n = len(batch)
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
@@ -429,13 +579,14 @@ class EnsembleDecoder:
             attention_mask[row, width - len(ids) :] = 1
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
-        caches = [e.new_cache() for e in self._experts]
+        pools = pools or [{} for _ in self._experts]
+        caches = [e.new_cache(width + max_new_tokens, pool) for e, pool in zip(self._experts, pools)]
         if prune and not all(callable(getattr(c, "batch_select_indices", None)) for c in caches):
             prune = False
         logits = [
             lg
             for e, c in zip(self._experts, caches)
-            for lg in e.last_logits(input_ids, attention_mask, position_ids, c)
+            for lg in e.prefill(input_ids, attention_mask, position_ids, c)
         ]
         eos = torch.tensor(self.eos_ids if self.eos_ids else [-1], dtype=torch.long, device=self.device)
         out: list[list[int]] = [[] for _ in range(n)]

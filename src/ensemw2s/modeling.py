@@ -332,9 +332,9 @@ class MultiAdapter:
                 b = torch.stack([mod.lora_B[n].weight.t() for n in self.names]).contiguous()
                 s = torch.tensor([float(mod.scaling[n]) for n in self.names], dtype=a.dtype,
                                  device=a.device).view(-1, 1, 1)
-                self._layers.append((mod, a, b, s))
+                self._layers.append((mod, a, b, s, (b * s).contiguous()))  # the scaling folded into B too
             else:
-                self._layers.append((mod, None, None, None))
+                self._layers.append((mod, None, None, None, None))
         if not self._layers:
             raise ModelError(f"no LoRA layer of {type(peft_model).__name__} holds adapters {self.names}")
 
@@ -349,18 +349,20 @@ class MultiAdapter:
         return (torch.arange(k, device=keep.device)[:, None] * n + keep[None, :]).reshape(-1)
 
     @contextlib.contextmanager
-    def active(self, rows_per_block: int):
-        """Within: forwards of ``self.model`` (or of its trunk) on a batch of K x ``rows_per_block`` rows."""
+    def active(self, rows_per_block: int, block: Optional[int] = None):
+        """Within: forwards of ``self.model`` (or of its trunk) on a batch of K x ``rows_per_block`` rows; with
+        ``block`` = k, on ``rows_per_block`` rows that all go through adapter k (one block on its own)."""
         if self.model.training:
             raise RuntimeError("MultiAdapter is for inference: put the model in eval() first")
+        names = self.names if block is None else [self.names[block]]
         if self.impl == "peft":
-            rows = [n for n in self.names for _ in range(rows_per_block)]
+            rows = [n for n in names for _ in range(rows_per_block)]
             with self.model.base_model._enable_peft_forward_hooks(adapter_names=rows):
                 yield
             return
-        k = len(self.names)
-        for mod, a, b, s in self._layers:
-            mod.forward = _grouped_forward(mod.base_layer, a, b, s, k)
+        sel = slice(None) if block is None else slice(block, block + 1)
+        for mod, a, b, s, bs in self._layers:
+            mod.forward = _grouped_forward(mod.base_layer, a[sel], b[sel], s[sel], bs[sel], len(names))
         try:
             yield
         finally:
@@ -368,13 +370,11 @@ class MultiAdapter:
                 del mod.forward  # back to the class's forward
 
 
-def _grouped_forward(base_layer, a, b, s, k: int):
+def _grouped_forward(base_layer, a, b, s, b_scaled, k: int):
     """The forward of a LoRA layer under :meth:`MultiAdapter.active`: ``y + s_k (x_k A_k^T) B_k^T`` per block.
     Same dtype everywhere (float32): the base output is updated in one ``baddbmm`` with the scaling folded into B
     (two kernels per layer). A bf16 base with float32 adapters computes the LoRA term in float32, as peft does."""
     import torch
-
-    b_scaled = (b * s).contiguous()
 
     def forward(x, *args, **kwargs):
         y = base_layer(x, *args, **kwargs)
