@@ -74,7 +74,8 @@ def split_data(data_cfg: str, weak_cfg: str, seed: int, run_id: str, storage_cfg
 
 
 def train_expert(experts_cfg: str, boosting_cfg: str, round_: int, seed: int, run_id: str, storage_cfg: str,
-                 splits: Input[Dataset], state: Input[Dataset], expert: Output[Model], dtype: str = "float32"):
+                 splits: Input[Dataset], state: Input[Dataset], expert: Output[Model], dtype: str = "float32",
+                 single: Input[Model] = None):
     from ensemw2s.config import BoostingConfig, ModelSection, StorageConfig, section_from_json
     from ensemw2s.steps import keys
     from ensemw2s.steps import train_expert as step
@@ -85,8 +86,25 @@ def train_expert(experts_cfg: str, boosting_cfg: str, round_: int, seed: int, ru
     step.run(section_from_json(ModelSection, experts_cfg, "experts"),
              section_from_json(BoostingConfig, boosting_cfg, "boosting"), round_=round_, seed=seed,
              splits_dir=splits.path, state_dir=state.path, expert_dir=work, run_id=run_id or None, storage=storage,
-             dtype=dtype)
+             dtype=dtype, single_dir=single.path if single is not None else None)
     kfp_point(expert, run_id, storage, keys.train_expert(round_), "expert", work)
+
+
+def train_single(experts_cfg: str, boosting_cfg: str, seed: int, run_id: str, storage_cfg: str,
+                 splits: Input[Dataset], state: Input[Dataset], expert: Output[Model], dtype: str = "float32"):
+    """The single-weak-expert baseline: the weak model fine-tuned on all of easy_train (step train_single)."""
+    from ensemw2s.config import BoostingConfig, ModelSection, StorageConfig, section_from_json
+    from ensemw2s.steps import keys
+    from ensemw2s.steps import train_expert as step
+    from ensemw2s.steps.stepio import kfp_point, kfp_work_dir
+
+    storage = section_from_json(StorageConfig, storage_cfg, "storage")
+    work = kfp_work_dir(expert.path, run_id, keys.TRAIN_SINGLE, "expert")
+    step.run(section_from_json(ModelSection, experts_cfg, "experts"),
+             section_from_json(BoostingConfig, boosting_cfg, "boosting"), round_=1, seed=seed,
+             splits_dir=splits.path, state_dir=state.path, expert_dir=work, run_id=run_id or None, storage=storage,
+             dtype=dtype, single=True)
+    kfp_point(expert, run_id, storage, keys.TRAIN_SINGLE, "expert", work)
 
 
 def update_weights(boosting_cfg: str, round_: int, run_id: str, storage_cfg: str, state: Input[Dataset],
@@ -111,7 +129,8 @@ def update_weights(boosting_cfg: str, round_: int, run_id: str, storage_cfg: str
 
 
 def pseudo_label(ensemble_cfg: str, source: str, rounds: int, run_id: str, storage_cfg: str,
-                 splits: Input[Dataset], state: Input[Dataset], labels: Output[Dataset], dtype: str = "float32"):
+                 splits: Input[Dataset], state: Input[Dataset], labels: Output[Dataset], dtype: str = "float32",
+                 single: Input[Model] = None):
     from ensemw2s.config import EnsembleConfig, StorageConfig, section_from_json
     from ensemw2s.steps import keys
     from ensemw2s.steps import pseudo_label as step
@@ -122,12 +141,13 @@ def pseudo_label(ensemble_cfg: str, source: str, rounds: int, run_id: str, stora
     # gold labels read no ensemble setting: the pipeline passes "{}" so its cache key ignores that section
     ens = section_from_json(EnsembleConfig, ensemble_cfg, "ensemble")
     step.run(ens, source=source, splits_dir=splits.path, state_dir=state.path, labels_dir=work, rounds=rounds,
-             run_id=run_id or None, storage=storage, dtype=dtype)
+             run_id=run_id or None, storage=storage, dtype=dtype,
+             single_dir=single.path if single is not None else None)
     kfp_point(labels, run_id, storage, keys.pseudo_label(source), "labels", work)
 
 
 def train_student(student_cfg: str, source: str, seed: int, run_id: str, storage_cfg: str,
-                  labels: Input[Dataset], student: Output[Model]):
+                  labels: Input[Dataset], student: Output[Model], dtype: str = "float32"):
     from ensemw2s.config import ModelSection, StorageConfig, section_from_json
     from ensemw2s.steps import keys
     from ensemw2s.steps import train_student as step
@@ -136,12 +156,12 @@ def train_student(student_cfg: str, source: str, seed: int, run_id: str, storage
     storage = section_from_json(StorageConfig, storage_cfg, "storage")
     work = kfp_work_dir(student.path, run_id, keys.train_student(source), "student")
     step.run(section_from_json(ModelSection, student_cfg, "student"), source=source, seed=seed,
-             labels_dir=labels.path, student_dir=work, run_id=run_id or None, storage=storage)
+             labels_dir=labels.path, student_dir=work, run_id=run_id or None, storage=storage, dtype=dtype)
     kfp_point(student, run_id, storage, keys.train_student(source), "student", work)
 
 
 def evaluate_experts(eval_cfg: str, ensemble_cfg: str, rounds: int, run_id: str, storage_cfg: str,
-                     splits: Input[Dataset], state: Input[Dataset], results: Output[Dataset],
+                     splits: Input[Dataset], state: Input[Dataset], single: Input[Model], results: Output[Dataset],
                      dtype: str = "float32"):
     from ensemw2s.config import EnsembleConfig, EvalConfig, StorageConfig, section_from_json
     from ensemw2s.steps import evaluate as step
@@ -152,7 +172,7 @@ def evaluate_experts(eval_cfg: str, ensemble_cfg: str, rounds: int, run_id: str,
     work = kfp_work_dir(results.path, run_id, keys.evaluate("experts"), "eval")
     step.run(section_from_json(EvalConfig, eval_cfg, "eval"), section_from_json(EnsembleConfig, ensemble_cfg,
              "ensemble"), target="experts", splits_dir=splits.path, state_dir=state.path, out_dir=work,
-             rounds=rounds, run_id=run_id or None, storage=storage, dtype=dtype)
+             rounds=rounds, run_id=run_id or None, storage=storage, dtype=dtype, single_dir=single.path)
     kfp_point(results, run_id, storage, keys.evaluate("experts"), "eval", work)
 
 
@@ -194,7 +214,7 @@ def report(eval_cfg: str, seed: int, rounds: int, run_id: str, storage_cfg: str,
     shutil.copyfile(Path(results.path) / "report.html", summary_html.path)
 
 
-STEP_FUNCTIONS = (start_run, end_run, split_data, train_expert, update_weights, pseudo_label, train_student,
+STEP_FUNCTIONS = (start_run, end_run, split_data, train_single, train_expert, update_weights, pseudo_label, train_student,
                   evaluate_experts, evaluate_student, report)
 
 

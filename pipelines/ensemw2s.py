@@ -1,6 +1,7 @@
 """The EnsemW2S DAG.
 
-split_data → (train_expert-r{t} → update_weights-r{t}) for t = 1..T → pseudo_label (ensemble / single / gold)
+split_data → train_single (the single-expert baseline) and (train_expert-r{t} → update_weights-r{t}) for
+t = 1..T → pseudo_label (ensemble / single / gold)
 → train_student (×3) → evaluate (experts, ×3 students) → report.
 
 T is read from the config at compile time and unrolled (``boosting.rounds`` is bounded for that reason); the
@@ -78,12 +79,18 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[st
         if start is not None:
             split.after(start)
         state = split.outputs["state"]
+        single = plumb(comp(keys.TRAIN_SINGLE).train_single(
+            experts_cfg=cf["experts"], boosting_cfg=cf["single_boosting"], seed=seed, run_id=run_id,
+            storage_cfg=storage_cfg, splits=split.outputs["splits"], state=state, dtype=defaults["dtype"]),
+            keys.TRAIN_SINGLE).outputs["expert"]
         for t in range(1, T + 1):
             name = keys.train_expert(t)
+            # round 1 may reuse the single expert (boosting.reuse_single, read at run time): it gets it as input
             expert = plumb(comp(name).train_expert(experts_cfg=cf["experts"], boosting_cfg=cf["round_boosting"],
                                                    round_=t, seed=seed, run_id=run_id, storage_cfg=storage_cfg,
                                                    splits=split.outputs["splits"], state=state,
-                                                   dtype=defaults["dtype"]), name)
+                                                   dtype=defaults["dtype"], **({"single": single} if t == 1 else {})),
+                           name)
             name = keys.update_weights(t)
             update = plumb(comp(name).update_weights(boosting_cfg=cf["round_boosting"], round_=t, run_id=run_id,
                                                      storage_cfg=storage_cfg, state=state,
@@ -93,18 +100,20 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[st
         for source in keys.SOURCES:
             gold = source == "gold"
             name = keys.pseudo_label(source)
-            labels = plumb(comp(name).pseudo_label(ensemble_cfg=cf["no_ensemble"] if gold else cf["ensemble"],
+            labels = plumb(comp(name).pseudo_label(ensemble_cfg=cf["no_ensemble"] if gold else
+                                                   cf["ensemble"] if source == "single" else cf["ensemble_labels"],
                                                    source=source, rounds=0 if gold else T, run_id=run_id,
                                                    storage_cfg=storage_cfg,
                                                    splits=split.outputs["splits"],
                                                    # gold labels need no experts (the state after 0 rounds):
                                                    # the ceiling need not wait, nor rerun for more rounds
                                                    state=split.outputs["state"] if gold else state,
-                                                   dtype="float32" if gold else defaults["dtype"]), name)
+                                                   dtype="float32" if gold else defaults["dtype"],
+                                                   **({"single": single} if source == "single" else {})), name)
             name = keys.train_student(source)
             student = plumb(comp(name).train_student(student_cfg=cf["student"], source=source, seed=seed,
                                                      run_id=run_id, storage_cfg=storage_cfg,
-                                                     labels=labels.outputs["labels"]), name)
+                                                     labels=labels.outputs["labels"], dtype=defaults["dtype"]), name)
             name = keys.evaluate(f"student-{source}")
             evals[source] = plumb(comp(name).evaluate_student(eval_cfg=cf["eval"], ensemble_cfg=cf["no_ensemble"],
                                                               source=source, run_id=run_id, storage_cfg=storage_cfg,
@@ -114,7 +123,7 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[st
         name = keys.evaluate("experts")
         ev_experts = plumb(comp(name).evaluate_experts(eval_cfg=cf["eval"], ensemble_cfg=cf["ensemble"], rounds=T,
                                                        run_id=run_id, storage_cfg=storage_cfg,
-                                                       splits=split.outputs["splits"], state=state,
+                                                       splits=split.outputs["splits"], state=state, single=single,
                                                        dtype=defaults["dtype"]), name)
         report = plumb(comp(keys.REPORT).report(eval_cfg=cf["eval"], seed=seed, rounds=T, run_id=run_id,
                                                 storage_cfg=storage_cfg, eval_experts=ev_experts.outputs["results"],
@@ -138,7 +147,9 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[st
             body(run_id, storage_cfg, seed, {
                 "data": data_cfg, "split_weak": split_weak_cfg, "experts": experts_cfg, "boosting": boosting_cfg,
                 "round_boosting": round_boosting_cfg, "ensemble": ensemble_cfg, "student": student_cfg,
-                "eval": eval_cfg, "no_ensemble": d["no_ensemble"]})
+                "eval": eval_cfg, "no_ensemble": d["no_ensemble"],
+                # a grid point's ensemble section is a run-time string: the ensemble's labels get all of it
+                "ensemble_labels": ensemble_cfg, "single_boosting": round_boosting_cfg})
 
         return ensemw2s_grid_point
 

@@ -158,6 +158,16 @@ def _trained(section: dict) -> str:
     return _model(section["model"]) + (f" + LoRA r={lora['r']}" if lora.get("enabled") else " (full fine-tuning)")
 
 
+def _short(model: str) -> str:
+    return {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270M",
+            "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B"}.get(model, model)
+
+
+def _layers(section: dict) -> str:
+    n = (section.get("lora") or {}).get("layers") or 0
+    return f", LoRA top {n} layers" if n else ""
+
+
 def _rel(path: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(REPO))
@@ -180,9 +190,9 @@ def page_config(runs: list[dict], fallback: Config) -> tuple[Config, str]:
 def _prestudy_section(book: dict, book_path: Path) -> list[str]:
     if not book.get("entries"):
         return [f"No pre-study results yet (`{TOOL} settings`)."]
-    out = ["| setting | variant | prompt | weak r1 training | ceiling training | n OOD | chance | weak zero-shot "
-           "| weak r1 | strong zero-shot | ceiling (gold) | ceiling − weak (SE) | weak − chance (SE) | qualifies "
-           "| time |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| setting | variant | weak → strong | prompt | weak training | ceiling training | n OOD | chance "
+           "| weak zero-shot | weak | strong zero-shot | ceiling (gold) | ceiling − weak (SE) | weak − chance (SE) "
+           "| qualifies | time |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     entries = sorted(book["entries"].values(), key=lambda e: (e["setting"], e["date"]))
     for e in entries:
         a, s, c = e["acc"], e["se"], e["config"]
@@ -192,10 +202,13 @@ def _prestudy_section(book: dict, book_path: Path) -> list[str]:
             t = c[section]["train"]
             return f"{rows} rows × {t['epochs']:g} ep, lr {t['lr']:g}"
 
-        out.append(f"| {e['description'] or e['setting']} | {e['variant']} | {c['data'].get('prompt', 'mc')} | "
-                   f"{budget('experts', sizes['easy_train'])} | {budget('student', sizes['hard_pool'])} | "
+        weak = "weak" if "weak" in a else "weak_r1"  # entries before train_single: the round-1 expert
+        out.append(f"| {e['description'] or e['setting']} | {e['variant']} | {_short(c['experts']['model'])} → "
+                   f"{_short(c['student']['model'])} | {c['data'].get('prompt', 'mc')} | "
+                   f"{budget('experts', sizes['easy_train'])}{' (r1)' if weak == 'weak_r1' else ' (all)'} | "
+                   f"{budget('student', sizes['hard_pool'])}{_layers(c['student'])} | "
                    f"{e['n_ood']} | {e['chance']:.3f} | "
-                   f"{a['weak_zeroshot']:.3f} | {a['weak_r1']:.3f} ± {s['weak_r1']:.3f} | "
+                   f"{a['weak_zeroshot']:.3f} | {a[weak]:.3f} ± {s[weak]:.3f} | "
                    f"{a['strong_zeroshot']:.3f} | {a['ceiling']:.3f} ± {s['ceiling']:.3f} | "
                    f"{e['gap']:+.3f} ({e['gap_in_se']:.1f}) | {e['above_chance']:+.3f} ({e['above_chance_in_se']:.1f}) "
                    f"| {'**yes**' if e['qualifies'] else 'no'} | {e['total_seconds'] / 60:.1f} min |")

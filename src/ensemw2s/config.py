@@ -65,9 +65,13 @@ class LoraConfig:
     target_modules: list = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    # adapters on the top ``layers`` decoder layers only (peft ``layers_to_transform``); 0 = every layer. The
+    # backward pass then stops at the lowest adapted layer: the cheap way to fine-tune a large student on a CPU
+    layers: int = 0
 
     def validate(self, key: str) -> None:
         _check_positive(f"{key}.r", self.r)
+        _check_positive(f"{key}.layers", self.layers, zero_ok=True)
         _check_positive(f"{key}.alpha", self.alpha)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{key}.dropout: {self.dropout!r} is out of range; it must be in [0, 1)")
@@ -174,6 +178,9 @@ class BoostingConfig:
     alpha_rule: str = "prior"
     sampling: str = "resample"
     on_nonpositive_alpha: str = "skip"
+    # round 1's expert is the single-expert baseline (step train_single: all easy rows, equal weights) instead
+    # of an expert of its own; D_1 is uniform, so this is round 1 without resampling, and one training less
+    reuse_single: bool = False
 
     SAMPLING = ("resample", "weighted")
     ON_NONPOSITIVE = ("skip", "stop")
@@ -206,8 +213,14 @@ class EnsembleConfig:
     # which rounds form the ensemble that labels and is evaluated: every expert with alpha > 0 ("all"), or
     # rounds 1..T with T chosen by accuracy on easy_val ("val")
     select_rounds: str = "all"
+    # the single-weak-expert baseline (weak_single, the student <- single, PGR_single): "full" = the weak model
+    # fine-tuned on all the labelled easy data (step train_single; Burns et al.'s weak supervisor), "round1" =
+    # the round-1 boosting expert (the definition before; under boosting.sampling=resample it sees a resampled
+    # subset of the answer tokens)
+    single: str = "full"
 
     COMBINE = ("prob", "vote")
+    SINGLE = ("full", "round1")
     PSEUDO_MODES = ("generate", "options")
     SELECT_ROUNDS = ("all", "val")
 
@@ -215,6 +228,7 @@ class EnsembleConfig:
         _check_choice(f"{key}.combine", self.combine, self.COMBINE)
         _check_choice(f"{key}.pseudo_label_mode", self.pseudo_label_mode, self.PSEUDO_MODES)
         _check_choice(f"{key}.select_rounds", self.select_rounds, self.SELECT_ROUNDS)
+        _check_choice(f"{key}.single", self.single, self.SINGLE)
         _check_positive(f"{key}.max_new_tokens", self.max_new_tokens)
         _check_positive(f"{key}.batch_size", self.batch_size)
 

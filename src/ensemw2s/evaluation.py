@@ -18,7 +18,9 @@ from ensemw2s.data import format_prompt, match_choice
 from ensemw2s.stats import paired_test
 from ensemw2s.training import Encoded, encode_pair, teacher_forced
 
-MODELS = ("weak_single", "ensemble", "ensemble_uniform", "student_single", "student_ensemble", "ceiling")
+# weak_single: the baseline under ensemble.single; weak_round1 / weak_full: the other definition, for reference
+MODELS = ("weak_single", "weak_round1", "weak_full", "ensemble", "ensemble_uniform", "student_single",
+          "student_ensemble", "ceiling")
 SPLIT_KEYS = {"easy_test": "id", "hard_test": "ood"}
 
 
@@ -242,7 +244,9 @@ def _fmt(x) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-MODEL_LABELS = {"weak_single": "weak single expert (round 1)", "ensemble": "EnsemW2S ensemble",
+MODEL_LABELS = {"weak_single": "weak single expert (the baseline)",
+                "weak_round1": "round-1 boosting expert alone", "weak_full": "weak expert on all easy data",
+                "ensemble": "EnsemW2S ensemble",
                 "ensemble_uniform": "same experts, uniform weights",
                 "student_single": "student ← single", "student_ensemble": "student ← ensemble",
                 "ceiling": "strong ceiling (gold)"}

@@ -44,6 +44,28 @@ def ensemble_members(state: dict, fetch: Fetch, members: str, upto: Optional[int
                               / "model")} for e in chosen]
 
 
+def single_member(expert_dir: Path) -> dict:
+    """The single-expert baseline (step ``train_single``, fetched to ``expert_dir``) as a member: weight 1,
+    listed as round 0 (it is no boosting round)."""
+    import json
+
+    meta = json.loads((Path(expert_dir) / "expert.json").read_text())
+    return {"round": 0, "alpha": 1.0, "path": str(Path(expert_dir) / "model"), "lora": meta.get("lora"),
+            "base_model": meta["base_model"], "skipped": False, "single": True}
+
+
+def baseline_member(state: dict, fetch: Fetch, single: str, single_dir: Optional[Path]) -> dict:
+    """The single-weak-expert baseline under ``ensemble.single``: ``full`` = the train_single expert,
+    ``round1`` = the round-1 boosting expert (the definition before)."""
+    from ensemw2s.steps import keys
+
+    if single == "full":
+        return single_member(fetch(single_dir, keys.TRAIN_SINGLE, "expert"))
+    if single == "round1":
+        return ensemble_members(state, fetch, "first")[0]
+    raise ConfigError(f"ensemble.single: {single!r} is not allowed; allowed values: full, round1")
+
+
 # experts scored in one stacked forward at most (activations grow with K x batch)
 STACK_MAX = 8
 

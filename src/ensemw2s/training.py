@@ -194,8 +194,15 @@ def apply_lora(model, lora_cfg):
     if not targets:
         raise ModelError(f"lora.target_modules {lora_cfg.target_modules} match no module of "
                          f"{type(model).__name__}")
+    top = {}
+    if lora_cfg.layers:
+        n_layers = int(model.config.num_hidden_layers)
+        if lora_cfg.layers > n_layers:
+            raise ModelError(f"lora.layers: {lora_cfg.layers} is out of range; {type(model).__name__} has "
+                             f"{n_layers} decoder layers (use 1..{n_layers}, or 0 for all)")
+        top = {"layers_to_transform": list(range(n_layers - lora_cfg.layers, n_layers))}
     pcfg = PeftLoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                          target_modules=targets, task_type="CAUSAL_LM")
+                          target_modules=targets, task_type="CAUSAL_LM", **top)
     return get_peft_model(model, pcfg)
 
 

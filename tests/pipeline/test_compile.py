@@ -170,7 +170,8 @@ def _cache_keys(spec) -> dict:
 GOLD = {keys.pseudo_label("gold"), keys.train_student("gold"), keys.evaluate("student-gold")}
 LABELLED = {keys.pseudo_label(s) for s in ("ensemble", "single")} | {
     keys.train_student(s) for s in ("ensemble", "single")} | {keys.evaluate(f"student-{s}") for s in ("ensemble", "single")}
-EXPERTS = {keys.train_expert(t) for t in (1, 2)} | {keys.update_weights(t) for t in (1, 2)}
+EXPERTS = {keys.TRAIN_SINGLE} | {keys.train_expert(t) for t in (1, 2)} | {keys.update_weights(t) for t in (1, 2)}
+SINGLE = {keys.pseudo_label("single"), keys.train_student("single"), keys.evaluate("student-single")}
 STUDENTS = {keys.train_student(s) for s in keys.SOURCES} | {keys.evaluate(f"student-{s}") for s in keys.SOURCES}
 EVALS = {keys.evaluate(t) for t in keys.EVAL_TARGETS}
 
@@ -181,12 +182,17 @@ EVALS = {keys.evaluate(t) for t in keys.EVAL_TARGETS}
     ("experts.model=tiny-strong", set(keys.run_steps(2))),  # split_data's base-model state
     ("boosting.alpha_rule=samme", EXPERTS | LABELLED | {keys.evaluate("experts"), keys.REPORT}),
     ("student.train.lr=0.0001", STUDENTS | {keys.REPORT}),
+    # which expert is the single baseline: its labels, student and evaluation, and the experts' evaluation
+    ("ensemble.single=round1", SINGLE | {keys.evaluate("experts"), keys.REPORT}),
+    # round 1 reuses the single expert: the rounds and what follows them, not the single expert itself
+    ("boosting.reuse_single=true", EXPERTS - {keys.TRAIN_SINGLE} | LABELLED | {keys.evaluate("experts"),
+                                                                               keys.REPORT}),
     ("eval.batch_size=3", EVALS | {keys.REPORT}),
     ("data.hard_test=13", set(keys.run_steps(2))),
     ("seed=5", set(keys.run_steps(2))),
     # the model steps that take resources.dtype, and what reads their outputs (gold labels load no model)
     ("resources.dtype=bfloat16",
-     set(keys.run_steps(2)) - {keys.SPLIT_DATA, keys.pseudo_label("gold"), keys.train_student("gold")}),
+     set(keys.run_steps(2)) - {keys.SPLIT_DATA, keys.pseudo_label("gold")}),
     # the image is part of the key: GPU steps (the table's flag) and what reads their outputs; gold labels run
     # in the CPU image
     ("resources.gpu_image=registry.example.org/other:cuda",

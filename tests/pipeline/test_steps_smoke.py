@@ -21,6 +21,10 @@ def test_steps_in_order(repo_root, tiny_assets, tmp_path):
     cfg = ["--config", str(repo_root / "configs/tiny.yaml")]
     d = tmp_path
     assert split_data.main(cfg + ["--splits", str(d / "splits"), "--state", str(d / "state0")]) == 0
+    single = ["--single-expert", str(d / "single")]
+    assert train_expert.main(cfg + ["--single", "--splits", str(d / "splits"), "--state", str(d / "state0"),
+                                    "--expert", str(d / "single")]) == 0
+    _check_single_expert(cfg, d)
     rounds = 2
     for t in range(1, rounds + 1):
         assert train_expert.main(cfg + ["--round", str(t), "--splits", str(d / "splits"), "--state",
@@ -33,7 +37,8 @@ def test_steps_in_order(repo_root, tiny_assets, tmp_path):
     assert [e["round"] for e in state["experts"]] == [1, 2]
     for source in ("ensemble", "single", "gold"):
         assert pseudo_label.main(cfg + ["--source", source, "--splits", str(d / "splits"), "--state",
-                                        str(d / f"state{rounds}"), "--labels", str(d / f"labels-{source}")]) == 0
+                                        str(d / f"state{rounds}"), "--labels", str(d / f"labels-{source}")]
+                                 + (single if source == "single" else [])) == 0
         assert train_student.main(cfg + ["--source", source, "--labels", str(d / f"labels-{source}"),
                                          "--student", str(d / f"student-{source}")]) == 0
         assert evaluate.main(cfg + ["--target", f"student-{source}", "--splits", str(d / "splits"),
@@ -42,8 +47,9 @@ def test_steps_in_order(repo_root, tiny_assets, tmp_path):
     _check_options_val_labels(cfg, d, rounds)
     gold = [json.loads(x) for x in (d / "labels-gold" / "labels.jsonl").read_text().splitlines()]
     assert all(r["correct"] for r in gold)
+    assert json.loads((d / "labels-single" / "labels.json").read_text())["producer"].startswith("single:full:")
     assert evaluate.main(cfg + ["--target", "experts", "--splits", str(d / "splits"), "--state",
-                                str(d / f"state{rounds}"), "--out", str(d / "eval-experts")]) == 0
+                                str(d / f"state{rounds}"), "--out", str(d / "eval-experts")] + single) == 0
     args = cfg + ["--out", str(d / "report")]
     for t in keys.EVAL_TARGETS:
         args += [f"--eval-{t}", str(d / f"eval-{t}")]
@@ -56,9 +62,48 @@ def test_steps_in_order(repo_root, tiny_assets, tmp_path):
     assert (d / "report" / "accuracy_by_round.png").stat().st_size > 1000
     assert "EnsemW2S ensemble" in (d / "report" / "report.md").read_text()
     preds = [json.loads(x) for x in (d / "report" / "predictions.jsonl").read_text().splitlines()]
-    assert {p["model"] for p in preds} >= {"weak_single", "ensemble", "student_single", "student_ensemble",
-                                           "ceiling", "ensemble_r1", "ensemble_r2"}
+    assert {p["model"] for p in preds} >= {"weak_single", "weak_round1", "ensemble", "student_single",
+                                           "student_ensemble", "ceiling", "ensemble_r1", "ensemble_r2"}
+    # weak_single is the train_single expert, not the round-1 expert: recompute both here
+    _check_weak_single(d, preds)
     assert all(set(p) >= {"id", "model", "output", "chosen", "correct"} for p in preds)
+
+
+def _check_single_expert(cfg, d):
+    """The single expert learns from every easy_train row and every answer token (weight 1), unlike a
+    resampled round-1 expert; round 1 under boosting.reuse_single is a copy of it."""
+    from ensemw2s.data import read_jsonl
+
+    meta = json.loads((d / "single" / "expert.json").read_text())
+    n_train = len(read_jsonl(d / "splits" / "easy_train.jsonl"))
+    assert meta["single"] is True and meta["rows"] == n_train and meta["sampling"].startswith("none")
+    assert len(read_jsonl(d / "single" / "wrong.jsonl", validate=False)) == n_train
+    assert train_expert.main(cfg + ["--set", "boosting.reuse_single=true", "--round", "1", "--splits",
+                                    str(d / "splits"), "--state", str(d / "state0"), "--expert", str(d / "reused"),
+                                    "--single-expert", str(d / "single")]) == 0
+    reused = json.loads((d / "reused" / "expert.json").read_text())
+    assert reused["reused_from"] == keys.TRAIN_SINGLE and reused["round"] == 1
+    assert reused["alpha"] == meta["alpha"] and reused["eps"] == meta["eps"]
+    assert (d / "reused" / "model" / "adapter_model.safetensors").read_bytes() == \
+        (d / "single" / "model" / "adapter_model.safetensors").read_bytes()
+    # exactly one of --round and --single
+    assert train_expert.main(cfg + ["--single", "--round", "1", "--splits", str(d / "splits"), "--state",
+                                    str(d / "state0"), "--expert", str(d / "bad")]) == 2
+
+
+def _check_weak_single(d, preds):
+    from ensemw2s.data import read_jsonl
+    from ensemw2s.evaluation import loglik_predictions, option_logprobs
+    from ensemw2s.modeling import load_saved
+
+    rows = read_jsonl(d / "splits" / "hard_test.jsonl")
+    for name, folder in (("weak_single", d / "single"), ("weak_round1", d / "expert1")):
+        model, tok = load_saved(folder / "model", dtype="auto")  # as the step loads it (resources.dtype)
+        want = {p["id"]: p["chosen"] for p in loglik_predictions(
+            rows, [option_logprobs(model, tok, rows, batch_size=8)], [1.0], name, "hard_test")}
+        got = {p["id"]: p["chosen"] for p in preds if p["model"] == name and p["split"] == "hard_test"
+               and p["method"] == "loglik"}
+        assert got == want, name
 
 
 def _check_options_val_labels(cfg, d, rounds):

@@ -29,6 +29,9 @@ def test_override_types_parse(repo_root):
     ("ensemble.combine=max", "allowed values: prob, vote"),
     ("storage.endpoint=ftp://x", "storage.endpoint"),
     ("data.difficulty=column", "data.difficulty_column: required"),
+    ("ensemble.single=best", "ensemble.single: 'best' is not allowed; allowed values: full, round1"),
+    ("student.lora.layers=-2", "student.lora.layers: -2 is out of range; it must be >= 0"),
+    ("boosting.reuse_single=maybe", "boosting.reuse_single: expected true or false"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=None) as exc:

@@ -1,6 +1,8 @@
 """evaluate: accuracy on easy_test (ID) and hard_test (OOD), with per-question predictions.
 
-``--target experts``: the single round-1 expert (``weak_single``), the EnsemW2S ensemble (``ensemble``: every
+``--target experts``: the single-weak-expert baseline (``weak_single``: under ``ensemble.single`` = ``full`` the
+train_single expert, fine-tuned on all of easy_train, with the round-1 expert alone as ``weak_round1``; under
+``round1`` the round-1 expert, with the train_single expert as ``weak_full``), the EnsemW2S ensemble (``ensemble``: every
 expert with alpha > 0, or rounds 1..T with T chosen on easy_val when ``ensemble.select_rounds`` is ``val``), the
 same experts with equal weights (``ensemble_uniform``) and every prefix ensemble of rounds 1..t
 (``ensemble_r{t}``); option log-likelihood only for the last two: each expert's token log-probs are computed
@@ -17,7 +19,13 @@ from pathlib import Path
 from typing import Optional
 
 from ensemw2s.config import EnsembleConfig, EvalConfig, StorageConfig, config_hash
-from ensemw2s.members import chosen_members, ensemble_members, open_decoder, option_logprobs_by_round
+from ensemw2s.members import (
+    chosen_members,
+    ensemble_members,
+    open_decoder,
+    option_logprobs_by_round,
+    single_member,
+)
 from ensemw2s.steps import keys
 from ensemw2s.steps.stepio import StepIO, base_parser, optional_path, read_json, step_main, write_json
 
@@ -31,6 +39,7 @@ def build_parser():
     p.add_argument("--splits", required=True)
     p.add_argument("--state", default=None, help="final boosting state (target experts)")
     p.add_argument("--student", default=None, help="trained student folder (target student-*)")
+    p.add_argument("--single-expert", default=None, help="the train_single expert folder (target experts)")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
@@ -44,7 +53,7 @@ def _generate(decoder, rows, cfg: EvalConfig) -> list[str]:
 def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, out_dir: Path,
         state_dir: Optional[Path] = None, student_dir: Optional[Path] = None, rounds: Optional[int] = None,
         run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True,
-        dtype: str = "float32") -> dict:
+        dtype: str = "float32", single_dir: Optional[Path] = None) -> dict:
     from ensemw2s.data import read_jsonl, write_jsonl
     from ensemw2s.evaluation import accuracy, generation_predictions, loglik_predictions, option_logprobs
     from ensemw2s.modeling import dtype_key
@@ -55,9 +64,11 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
     out_dir = Path(out_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"eval": ev, "combine": ens.combine, "target": target, "rounds": rounds,
-                                         "select_rounds": ens.select_rounds, **dtype_key(dtype)}),
-                inputs=((keys.SPLIT_DATA, "splits"), (keys.state_after(rounds), "state") if target == "experts"
-                        else (keys.train_student(target.split("-", 1)[1]), "student")))
+                                         "select_rounds": ens.select_rounds, **dtype_key(dtype),
+                                         **({"single": ens.single} if target == "experts" else {})}),
+                inputs=((keys.SPLIT_DATA, "splits"),) + (((keys.state_after(rounds), "state"), (keys.TRAIN_SINGLE, "expert"))
+                                                         if target == "experts"
+                                                         else ((keys.train_student(target.split("-", 1)[1]), "student"),)))
     if io.restore({"eval": out_dir}):
         return read_json(out_dir / "eval.json")
     t0 = time.perf_counter()
@@ -70,8 +81,11 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         state = read_json(state_dir / "state.json")
         active = ensemble_members(state, io.fetch, "all")
         first = ensemble_members(state, io.fetch, "first")[0]
+        full = single_member(io.fetch(single_dir, keys.TRAIN_SINGLE, "expert"))  # round 0
+        baseline = full if ens.single == "full" else first
         by_round = {m["round"]: m for m in active}
         by_round.setdefault(1, first)
+        by_round[0] = full
         scored = dict(tests)
         if ens.select_rounds == "val":
             scored["easy_val"] = read_jsonl(splits_dir / "easy_val.jsonl")
@@ -83,7 +97,9 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
             dtype=dtype)
         info.update(selection)
         for s, rows in tests.items():
-            preds += loglik_predictions(rows, [lp[1][s]], [1.0], "weak_single", s)
+            preds += loglik_predictions(rows, [lp[baseline["round"]][s]], [1.0], "weak_single", s)
+            other = ("weak_round1", 1) if ens.single == "full" else ("weak_full", 0)
+            preds += loglik_predictions(rows, [lp[other[1]][s]], [1.0], other[0], s)
             for t in range(1, (rounds or max(by_round)) + 1):
                 members = [m for m in active if m["round"] <= t]
                 if members:
@@ -95,7 +111,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
             preds += loglik_predictions(rows, [lp[m["round"]][s] for m in chosen], [1.0] * len(chosen),
                                         "ensemble_uniform", s)
         if ev.generation:
-            for name, members in (("weak_single", [first]), ("ensemble", chosen)):
+            for name, members in (("weak_single", [baseline]), ("ensemble", chosen)):
                 dec = open_decoder(members, ens.combine, ev.batch_size, dtype)
                 for s, rows in tests.items():
                     preds += generation_predictions(rows, _generate(dec, rows, ev), name, s)
@@ -104,6 +120,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         info["eps"] = [e["eps"] for e in state["experts"]]
         info["eps_prior"] = [e["eps_prior"] for e in state["experts"]]
         info["active_rounds"] = [m["round"] for m in active]
+        info["single"] = {"definition": ens.single, "train_single": read_json(Path(full["path"]).parent / "expert.json")}
         info["weak_model"] = state["weak_model"]
     else:
         from ensemw2s.ensemble import EnsembleDecoder
@@ -137,7 +154,7 @@ def main(argv=None) -> int:
     return step_main(build_parser(), argv, lambda a, cfg, **io: run(
         cfg.eval, cfg.ensemble, target=a.target, splits_dir=Path(a.splits), out_dir=Path(a.out),
         state_dir=optional_path(a.state), student_dir=optional_path(a.student), rounds=cfg.boosting.rounds,
-        dtype=cfg.resources.dtype, **io))
+        dtype=cfg.resources.dtype, single_dir=optional_path(a.single_expert), **io))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ EVAL_TARGETS = ("experts",) + tuple(f"student-{s}" for s in SOURCES)
 # the model name a student is reported under, by label source
 STUDENT_MODELS = {"single": "student_single", "ensemble": "student_ensemble", "gold": "ceiling"}
 SPLIT_DATA = "split_data"
+# the single-weak-expert baseline: the weak model fine-tuned on ALL the labelled easy data with equal weights
+# (the usual weak-to-strong baseline), trained once per run beside the boosting rounds
+TRAIN_SINGLE = "train_single"
 REPORT = "report"
 RUN_SUMMARY = "run-summary"  # not a step: the run's config, summary and lease, stored beside the steps
 # tasks of the pipeline that are not steps (no outputs of their own in storage): the first one takes the run's
@@ -20,7 +23,7 @@ RUN_SUMMARY = "run-summary"  # not a step: the run's config, summary and lease, 
 START_RUN = "start-run"
 END_RUN = "end-run"
 # the step modules that run on a GPU (in resources.gpu_image, with the accelerator); gold labels need no model
-GPU_MODULES = ("train_expert", "pseudo_label", "train_student", "evaluate")
+GPU_MODULES = ("train_expert", "pseudo_label", "train_student", "evaluate")  # train_single: train_expert --single
 # at most this many GPU steps of one run can run at once (after boosting: the ensemble and single labels, the
 # expert evaluation and the gold branch's student)
 MAX_PARALLEL_GPU_STEPS = len(SOURCES) + 1
@@ -80,21 +83,25 @@ def run_steps(rounds: int) -> dict[str, StepRun]:
     steps = [StepRun(SPLIT_DATA, "split_data", outputs=(("--splits", "splits", "split.json"),
                                                         ("--state", "state", "state.json")))]
     splits = ("--splits", SPLIT_DATA, "splits")
+    single = ("--single-expert", TRAIN_SINGLE, "expert")
+    steps.append(StepRun(TRAIN_SINGLE, "train_expert", ("--single",),
+                         (splits, ("--state", SPLIT_DATA, "state")), (("--expert", "expert", "expert.json"),)))
     for t in range(1, T + 1):
+        # round 1 can reuse the single expert (boosting.reuse_single): its only extra input
         steps.append(StepRun(train_expert(t), "train_expert", ("--round", t),
-                             (splits, ("--state", state_after(t - 1), "state")),
+                             (splits, ("--state", state_after(t - 1), "state")) + ((single,) if t == 1 else ()),
                              (("--expert", "expert", "expert.json"),)))
         steps.append(StepRun(update_weights(t), "update_weights", ("--round", t),
                              (("--state", state_after(t - 1), "state"), ("--expert", train_expert(t), "expert")),
                              (("--out-state", "state", "state.json"),)))
     for s in SOURCES:
         steps.append(StepRun(pseudo_label(s), "pseudo_label", ("--source", s, "--rounds", T),
-                             (splits, ("--state", label_state(s, T), "state")),
+                             (splits, ("--state", label_state(s, T), "state")) + ((single,) if s == "single" else ()),
                              (("--labels", "labels", "labels.json"),)))
         steps.append(StepRun(train_student(s), "train_student", ("--source", s),
                              (("--labels", pseudo_label(s), "labels"),), (("--student", "student", "student.json"),)))
     steps.append(StepRun(evaluate("experts"), "evaluate", ("--target", "experts"),
-                         (splits, ("--state", state_after(T), "state")), (("--out", "eval", "eval.json"),)))
+                         (splits, ("--state", state_after(T), "state"), single), (("--out", "eval", "eval.json"),)))
     for s in SOURCES:
         steps.append(StepRun(evaluate(f"student-{s}"), "evaluate", ("--target", f"student-{s}"),
                              (splits, ("--student", train_student(s), "student")),

@@ -2,7 +2,9 @@
 
 ``--source ensemble``: the alpha-weighted token-level ensemble of all experts with alpha > 0 (rounds 1..T with
 T chosen on easy_val when ``ensemble.select_rounds`` is ``val``);
-``--source single``: the round-1 expert alone (baseline); ``--source gold``: the true answers (ceiling).
+``--source single``: the single-weak-expert baseline alone (``ensemble.single``: ``full`` = the train_single expert,
+fine-tuned on all of easy_train; ``round1`` = the round-1 boosting expert); ``--source gold``: the true answers
+(ceiling).
 ``ensemble.pseudo_label_mode``: ``generate`` (greedy decoding, default) or ``options`` (the option with the
 best mixture log-likelihood). Output ``labels/``: ``labels.jsonl`` ``{id, question, choices,
 pseudo_answer, producer, chosen, correct}`` and ``labels.json`` (counts; accuracy against gold, for
@@ -15,7 +17,13 @@ from pathlib import Path
 from typing import Optional
 
 from ensemw2s.config import EnsembleConfig, StorageConfig, config_hash
-from ensemw2s.members import chosen_members, ensemble_members, open_decoder, option_logprobs_by_round
+from ensemw2s.members import (
+    baseline_member,
+    chosen_members,
+    ensemble_members,
+    open_decoder,
+    option_logprobs_by_round,
+)
 from ensemw2s.steps import keys
 from ensemw2s.steps.stepio import StepIO, base_parser, optional_path, read_json, step_main, write_json
 
@@ -28,13 +36,26 @@ def build_parser():
     p.add_argument("--splits", required=True)
     p.add_argument("--state", default=None, help="final boosting state (not needed for --source gold)")
     p.add_argument("--rounds", type=int, default=None, help="final round (to fetch the state from storage)")
+    p.add_argument("--single-expert", default=None, help="the train_single expert (--source single)")
     p.add_argument("--labels", required=True, help="output folder")
     return p
 
 
+def _read_settings(ens: EnsembleConfig, source: str) -> Optional[dict]:
+    """The ensemble settings a label source reads (its resume key): none for gold, ``single`` only for single."""
+    from ensemw2s.config import to_dict
+
+    if source == "gold":
+        return None
+    d = to_dict(ens)
+    if source == "ensemble":
+        d.pop("single")
+    return d
+
+
 def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Optional[Path], labels_dir: Path,
         rounds: Optional[int] = None, run_id: Optional[str] = None, storage: Optional[StorageConfig] = None,
-        resume: bool = True, dtype: str = "float32") -> dict:
+        resume: bool = True, dtype: str = "float32", single_dir: Optional[Path] = None) -> dict:
     from ensemw2s.data import match_choice, read_jsonl, write_jsonl
     from ensemw2s.modeling import dtype_key
 
@@ -43,9 +64,10 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
     key = keys.pseudo_label(source)
     labels_dir = Path(labels_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
-                config_hash=config_hash({"ensemble": ens if source != "gold" else None, "source": source,
+                config_hash=config_hash({"ensemble": _read_settings(ens, source), "source": source,
                                          "rounds": rounds, **(dtype_key(dtype) if source != "gold" else {})}),
-                inputs=((keys.SPLIT_DATA, "splits"),) + (() if source == "gold" else ((keys.state_after(rounds), "state"),)))
+                inputs=((keys.SPLIT_DATA, "splits"),) + (() if source == "gold" else ((keys.state_after(rounds), "state"),))
+                + (((keys.TRAIN_SINGLE, "expert"),) if source == "single" and ens.single == "full" else ()))
     if io.restore({"labels": labels_dir}):
         return read_json(labels_dir / "labels.json")
     splits_dir = io.fetch(splits_dir, keys.SPLIT_DATA, "splits")
@@ -69,8 +91,8 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
                 lp_pool = {r: d["pool"] for r, d in lp.items()}
             members, _ = chosen_members(active, splits_dir, ens.select_rounds, ens.batch_size, lp_val, dtype)
         else:
-            members = ensemble_members(state, io.fetch, "first")
-        producer = f"{source}:rounds={[m['round'] for m in members]}:alphas={[round(m['alpha'], 4) for m in members]}"
+            members = [baseline_member(state, io.fetch, ens.single, single_dir)]
+        producer = f"{source}{':' + ens.single if source == 'single' else ''}:rounds={[m['round'] for m in members]}:alphas={[round(m['alpha'], 4) for m in members]}"
         if not options:
             dec = open_decoder(members, ens.combine, ens.batch_size, dtype)
             from ensemw2s.data import format_prompt
@@ -108,7 +130,8 @@ def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Option
 def main(argv=None) -> int:
     return step_main(build_parser(), argv, lambda a, cfg, **io: run(
         cfg.ensemble, source=a.source, splits_dir=Path(a.splits), state_dir=optional_path(a.state),
-        labels_dir=Path(a.labels), rounds=a.rounds or cfg.boosting.rounds, dtype=cfg.resources.dtype, **io))
+        labels_dir=Path(a.labels), rounds=a.rounds or cfg.boosting.rounds, dtype=cfg.resources.dtype,
+        single_dir=optional_path(a.single_expert), **io))
 
 
 if __name__ == "__main__":

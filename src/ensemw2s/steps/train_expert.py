@@ -1,5 +1,10 @@
 """train_expert: one AdaBoost round — fine-tune a fresh weak expert on D_t, measure its token error and alpha.
 
+``--single`` (step ``train_single``): the single-weak-expert baseline instead, the weak model fine-tuned on ALL
+of easy_train with equal weights (no resampling, no dropped tokens: the weak supervisor of Burns et al.); its
+token error and alpha are measured under D_1 like a round-1 expert's, so that ``boosting.reuse_single`` can
+make it round 1's expert (round 1 then copies it instead of training, ``--single-expert``).
+
 Inputs: ``splits/`` (easy_train), ``state/`` (D_t, the base model's token errors, earlier rounds).
 Output ``expert/``: the model (LoRA adapter or full weights), ``expert.json``
 ``{round, eps, eps_prior, alpha, seed, skipped, ...}`` and ``wrong.jsonl`` (the expert's teacher-forced
@@ -18,23 +23,29 @@ from typing import Optional
 from ensemw2s.config import BoostingConfig, ModelSection, StorageConfig, config_hash
 from ensemw2s.errors import ConfigError
 from ensemw2s.steps import keys
-from ensemw2s.steps.stepio import StepIO, base_parser, read_json, step_main, write_json
+from ensemw2s.steps.stepio import StepIO, base_parser, optional_path, read_json, step_main, write_json
 
 STEP = "train_expert"
 
 
 def build_parser():
     p = base_parser(STEP, __doc__.splitlines()[0])
-    p.add_argument("--round", type=int, required=True, help="boosting round t (1-based)")
+    p.add_argument("--round", type=int, default=None, help="boosting round t (1-based)")
+    p.add_argument("--single", action="store_true", help="train the single-expert baseline (step train_single)")
     p.add_argument("--splits", required=True)
     p.add_argument("--state", required=True, help="boosting state after round t-1 (from split_data for t=1)")
+    p.add_argument("--single-expert", default=None,
+                   help="the train_single expert folder (round 1 under boosting.reuse_single)")
     p.add_argument("--expert", required=True, help="output folder")
     return p
 
 
 def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, seed: int, splits_dir: Path,
         state_dir: Path, expert_dir: Path, run_id: Optional[str] = None, storage: Optional[StorageConfig] = None,
-        resume: bool = True, dtype: str = "float32") -> dict:
+        resume: bool = True, dtype: str = "float32", single: bool = False,
+        single_dir: Optional[Path] = None) -> dict:
+    """Round ``round_``'s expert; ``single=True``: the single-expert baseline (``round_`` must be 1: it is
+    trained under D_1). Round 1 with ``boosting_cfg.reuse_single``: a copy of the baseline (``single_dir``)."""
     import numpy as np
 
     from ensemw2s import boosting
@@ -43,14 +54,22 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     from ensemw2s.training import encode_rows, teacher_forced, train_sft
 
     expert_dir = Path(expert_dir)
-    key = keys.train_expert(round_)
+    if single and round_ != 1:
+        raise ValueError(f"the single expert is trained under D_1 (round 1), not round {round_}")
+    reuse = round_ == 1 and not single and boosting_cfg.reuse_single
+    key = keys.TRAIN_SINGLE if single else keys.train_expert(round_)
     prev = keys.state_after(round_ - 1)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
-                config_hash=config_hash({"experts": experts, "boosting": boosting_cfg, "round": round_, "seed": seed,
-                                         **dtype_key(dtype)}),
-                inputs=((keys.SPLIT_DATA, "splits"), (prev, "state")))
+                # the single expert reads only the alpha rule of the boosting settings (its alpha under D_1)
+                config_hash=config_hash({"experts": experts, "round": round_, "seed": seed, **dtype_key(dtype),
+                                         **({"single": True, "alpha_rule": boosting_cfg.alpha_rule} if single
+                                            else {"boosting": boosting_cfg})}),
+                inputs=((keys.SPLIT_DATA, "splits"), (prev, "state"))
+                + (((keys.TRAIN_SINGLE, "expert"),) if reuse else ()))
     if io.restore({"expert": expert_dir}):
         return read_json(expert_dir / "expert.json")
+    if reuse:
+        return _reuse_single(io, single_dir, expert_dir)
     splits_dir = io.fetch(splits_dir, keys.SPLIT_DATA, "splits")
     state_dir = io.fetch(state_dir, prev, "state")
     state = read_json(state_dir / "state.json")
@@ -59,9 +78,9 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     if state["weak_model"] != experts.model:
         raise ConfigError(f"{key}: experts.model is {experts.model!r} but the state was made for "
                           f"{state['weak_model']!r}")
-    expert_seed = seed * 1000 + round_
+    expert_seed = seed * 1000 + (0 if single else round_)
     meta = {"round": round_, "seed": expert_seed, "base_model": experts.model, "alpha_rule": boosting_cfg.alpha_rule,
-            "sampling": boosting_cfg.sampling}
+            "sampling": "none (all rows, equal weights)" if single else boosting_cfg.sampling, "single": single}
     if state["stopped"]:
         meta.update({"skipped": True, "reason": "boosting stopped at an earlier round", "eps": None,
                      "eps_prior": None, "alpha": 0.0})
@@ -73,12 +92,14 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     wrows = {r["id"]: r for r in read_jsonl(Path(state_dir) / "weights.jsonl", validate=False)}
     ids = [r["id"] for r in rows]
     flat_w = np.concatenate([np.asarray(wrows[i]["weights"], dtype=np.float64) for i in ids])
-    lw = boosting.loss_weights(flat_w, boosting_cfg.sampling, seed=expert_seed)
-    token_weights, k = {}, 0
-    for i in ids:
-        n = len(wrows[i]["weights"])
-        token_weights[i] = lw[k: k + n].tolist()
-        k += n
+    token_weights: Optional[dict] = None  # the single expert: every answer token with weight 1
+    if not single:
+        lw = boosting.loss_weights(flat_w, boosting_cfg.sampling, seed=expert_seed)
+        token_weights, k = {}, 0
+        for i in ids:
+            n = len(wrows[i]["weights"])
+            token_weights[i] = lw[k: k + n].tolist()
+            k += n
 
     from ensemw2s.modeling import load_tokenizer, resolve_model_path
 
@@ -91,7 +112,7 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     enc = encode_rows(tok, rows, experts.train.max_length)
     model_dir = expert_dir / "model"
     stats = train_sft(experts.model, experts, enc, token_weights=token_weights, seed=expert_seed,
-                      out_dir=model_dir, desc=f"expert r{round_}", dtype=dtype)
+                      out_dir=model_dir, desc="single expert" if single else f"expert r{round_}", dtype=dtype)
     model, tok = load_saved(model_dir, dtype=dtype)
     res = teacher_forced(model, tok, enc, desc="expert token errors")
     wrong = np.concatenate([np.asarray(res[i]["wrong"], dtype=np.float64) for i in ids])
@@ -113,12 +134,32 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     return meta
 
 
+def _reuse_single(io: StepIO, single_dir: Optional[Path], expert_dir: Path) -> dict:
+    """Round 1 under ``boosting.reuse_single``: the single expert (trained under D_1, its errors and alpha
+    measured there) republished as round 1's expert."""
+    import shutil
+
+    src = io.fetch(single_dir, keys.TRAIN_SINGLE, "expert")
+    if expert_dir.exists():
+        shutil.rmtree(expert_dir)
+    shutil.copytree(src, expert_dir)
+    meta = read_json(expert_dir / "expert.json")
+    meta.update(round=1, single=False, reused_from=keys.TRAIN_SINGLE)
+    write_json(expert_dir / "expert.json", meta)
+    io.publish({"expert": expert_dir}, extra={"round": 1, "alpha": meta["alpha"]},
+               message=f"the single expert reused as round 1 (boosting.reuse_single): alpha={meta['alpha']:.4f}")
+    return meta
+
+
 def main(argv=None) -> int:
     def work(a, cfg, **io):
-        if not 1 <= a.round <= cfg.boosting.rounds:
+        if a.single == (a.round is not None):
+            raise ConfigError("give exactly one of --round N (a boosting round) and --single (the single expert)")
+        if not a.single and not 1 <= a.round <= cfg.boosting.rounds:
             raise ConfigError(f"--round {a.round} is out of range; boosting.rounds is {cfg.boosting.rounds}")
-        run(cfg.experts, cfg.boosting, round_=a.round, seed=cfg.seed, splits_dir=Path(a.splits),
-            state_dir=Path(a.state), expert_dir=Path(a.expert), dtype=cfg.resources.dtype, **io)
+        run(cfg.experts, cfg.boosting, round_=1 if a.single else a.round, seed=cfg.seed, splits_dir=Path(a.splits),
+            state_dir=Path(a.state), expert_dir=Path(a.expert), dtype=cfg.resources.dtype, single=a.single,
+            single_dir=optional_path(a.single_expert), **io)
 
     return step_main(build_parser(), argv, work)
 

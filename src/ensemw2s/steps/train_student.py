@@ -2,7 +2,8 @@
 
 ``--source ensemble|single|gold`` names whose labels (from pseudo_label) it learns from: the EnsemW2S
 student, the single-expert baseline student, or the gold-trained ceiling. Output ``student/``: the model
-and ``student.json`` (source, producer, training stats).
+and ``student.json`` (source, producer, training stats). ``dtype``: ``resources.dtype``
+(:func:`ensemw2s.training.sft_precision`).
 """
 from __future__ import annotations
 
@@ -25,15 +26,16 @@ def build_parser():
 
 
 def run(student: ModelSection, *, source: str, seed: int, labels_dir: Path, student_dir: Path,
-        run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True) -> dict:
+        run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True,
+        dtype: str = "float32") -> dict:
     from ensemw2s.data import read_jsonl
-    from ensemw2s.modeling import load_tokenizer, resolve_model_path
+    from ensemw2s.modeling import dtype_key, load_tokenizer, resolve_model_path
     from ensemw2s.training import encode_rows, train_sft
 
     key = keys.train_student(source)
     student_dir = Path(student_dir)
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
-                config_hash=config_hash({"student": student, "source": source, "seed": seed}),
+                config_hash=config_hash({"student": student, "source": source, "seed": seed, **dtype_key(dtype)}),
                 inputs=((keys.pseudo_label(source), "labels"),))
     if io.restore({"student": student_dir}):
         return read_json(student_dir / "student.json")
@@ -43,7 +45,7 @@ def run(student: ModelSection, *, source: str, seed: int, labels_dir: Path, stud
     tok = load_tokenizer(resolve_model_path(student.model))
     enc = encode_rows(tok, rows, student.train.max_length, answer_key="pseudo_answer")
     stats = train_sft(student.model, student, enc, token_weights=None, seed=seed * 1000 + 100,
-                      out_dir=student_dir / "model", desc=f"student<-{source}")
+                      out_dir=student_dir / "model", desc=f"student<-{source}", dtype=dtype)
     meta = {"source": source, "producer": labels_meta["producer"], "base_model": student.model,
             "labels_accuracy_vs_gold": labels_meta["accuracy_vs_gold"], "lora": student.lora.enabled, **stats}
     write_json(student_dir / "student.json", meta)
@@ -55,7 +57,8 @@ def run(student: ModelSection, *, source: str, seed: int, labels_dir: Path, stud
 
 def main(argv=None) -> int:
     return step_main(build_parser(), argv, lambda a, cfg, **io: run(
-        cfg.student, source=a.source, seed=cfg.seed, labels_dir=Path(a.labels), student_dir=Path(a.student), **io))
+        cfg.student, source=a.source, seed=cfg.seed, labels_dir=Path(a.labels), student_dir=Path(a.student),
+        dtype=cfg.resources.dtype, **io))
 
 
 if __name__ == "__main__":
