@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{_rel(RESULTS_DIR / 'prestudy.json')})")
     b.add_argument("--notes", default=None, help="hand-written prose included as it is (default: "
                    f"{_rel(RESULTS_DIR / 'notes.md')})")
+    b.add_argument("--reference", default=None, help="the science.json of another setting shown for reference "
+                   "(e.g. docs/results/science_gemma270m.json; its page results_<name>.md beside docs/results.md)")
     b.add_argument("--log-dir", default=None, help=f"one log per run (default: {_rel(REPO / 'build' / 'science')})")
     b.set_defaults(fn=cmd_science)
     return p
@@ -88,7 +90,8 @@ def cmd_science(args) -> int:
                    out=Path(args.out) if args.out else REPO / "docs" / "results.md",
                    log_dir=Path(args.log_dir) if args.log_dir else None,
                    prestudy=Path(args.prestudy) if args.prestudy else RESULTS_DIR / "prestudy.json",
-                   notes=Path(args.notes) if args.notes else RESULTS_DIR / "notes.md")
+                   notes=Path(args.notes) if args.notes else RESULTS_DIR / "notes.md",
+                   reference=Path(args.reference) if args.reference else None)
 
 
 def main(argv=None) -> int:

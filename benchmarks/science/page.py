@@ -32,7 +32,10 @@ from ensemw2s.stats import mcnemar_p, mean_std, paired_test, stratified_bootstra
 from . import REPO, RESULTS_DIR
 from .runs import correct_of, find_run, recorded_runs, run_id_for, run_plans
 
-ROWS = [("weak_single", "weak single expert (round 1)"), ("ensemble", "EnsemW2S ensemble (T chosen on easy_val)"),
+ROWS = [("weak_single", "weak single expert (the baseline)"),
+        ("weak_round1", "round-1 boosting expert alone (the baseline's old definition)"),
+        ("weak_full", "weak expert on all easy data (train_single)"),
+        ("ensemble", "EnsemW2S ensemble (T chosen on easy_val)"),
         ("ensemble_uniform", "same experts, uniform weights"), ("ceiling", "strong ceiling (gold labels)"),
         ("student_single", "student ← single expert"), ("student_ensemble", "student ← ensemble")]
 PAIRS = [("ensemble", "weak_single", "ensemble − single expert"),
@@ -225,7 +228,8 @@ def _prestudy_section(book: dict, book_path: Path) -> list[str]:
 
 def render(cfg: Config, runs: list[dict], missing: list[str], ablations: list[dict], book: dict, *,
            command: str, plot_name: str, notes: str, ablation_info: Optional[dict] = None,
-           book_path: Path = RESULTS_DIR / "prestudy.json", cfg_source: str = "", sources: str = "") -> str:
+           book_path: Path = RESULTS_DIR / "prestudy.json", cfg_source: str = "", sources: str = "",
+           reference: Optional[dict] = None) -> str:
     """The page. ``runs``: the main runs' records (:func:`benchmarks.science.runs.collect_run`); ``ablations``:
     ``{name, seed, overrides, run (record or None), why}``; ``ablation_info``: ``{seeds, fork_from}``."""
     from ensemw2s.plots import caption
@@ -264,6 +268,10 @@ def render(cfg: Config, runs: list[dict], missing: list[str], ablations: list[di
     L += ["", f"## Main results (mean ± std over {len(runs)} seeds)", "",
           f"| model | ID (n={m0.get('n_id')}) | OOD (n={m0.get('n_ood')}) |", "|---|---|---|"]
     for key, label in ROWS:
+        if not any(r["metrics"].get(f"{key}_acc_ood") is not None for r in runs):
+            continue
+        if key == "weak_single":
+            label += f" = {_single_definition(cfg)}"
         L.append(f"| {label} | {_pm([r['metrics'].get(f'{key}_acc_id') for r in runs])} | "
                  f"{_pm([r['metrics'].get(f'{key}_acc_ood') for r in runs])} |")
     L += [f"| PGR_single = (student←single − weak) / (ceiling − weak), OOD | | "
@@ -271,9 +279,10 @@ def render(cfg: Config, runs: list[dict], missing: list[str], ablations: list[di
           f"| PGR_ens = (student←ensemble − ensemble) / (ceiling − ensemble), OOD | | "
           f"{_pm([r['metrics'].get('pgr_ens') for r in runs], 2)} |", ""]
     labels_acc = {k: [r["metrics"].get(f"student_{k}_labels_accuracy_vs_gold") for r in runs]
-                  for k in ("single", "ensemble")}
-    L += [f"Pseudo-labels that match the gold answer (hard_pool): single expert {_pm(labels_acc['single'])}, "
-          f"ensemble {_pm(labels_acc['ensemble'])}.", ""]
+                  for k in ("single", "ensemble", "gold")}
+    L += [f"Pseudo-labels that match the gold answer (hard_pool, the students' training labels): single expert "
+          f"{_pm(labels_acc['single'])}, ensemble {_pm(labels_acc['ensemble'])}, gold {_pm(labels_acc['gold'])}.",
+          ""]
     pairs = {}
     L += ["## Paired differences (same questions)", "",
           "95 % bootstrap interval over questions within seeds; McNemar exact p on the pooled discordant pairs.",
@@ -296,6 +305,8 @@ def render(cfg: Config, runs: list[dict], missing: list[str], ablations: list[di
         L.append(f"| {claim} | {paper} | {ours} |")
     if ablations:
         L += _ablation_section(runs, ablations, ablation_info or {})
+    if reference:
+        L += _reference_section(reference)
     L += ["", "## Wall time", "", "| step | " + " | ".join(f"seed {r['metrics'].get('seed')}" for r in runs) + " |",
           "|---|" + "---|" * len(runs)]
     work = [{s: produced_seconds(t) for s, t in r["summary"]["timings"].items()} for r in runs]
@@ -317,6 +328,47 @@ def render(cfg: Config, runs: list[dict], missing: list[str], ablations: list[di
     if notes:
         L += ["## Choices and reading", "", notes.strip(), ""]
     return "\n".join(L) + "\n"
+
+
+def _single_definition(cfg: Config) -> str:
+    if cfg.ensemble.single == "full":
+        return f"{_model(cfg.experts.model)} fine-tuned on all {cfg.data.easy_train} easy_train rows"
+    return "the round-1 boosting expert"
+
+
+REFERENCE_ROWS = (("weak_single", "weak single expert (round 1)"), ("ensemble", "EnsemW2S ensemble"),
+                  ("ceiling", "strong ceiling (gold labels)"), ("student_single", "student ← single expert"),
+                  ("student_ensemble", "student ← ensemble"))
+
+
+def _reference_section(reference: dict) -> list[str]:
+    """A setting kept for reference, from its records (``science.json`` of its own page): mean ± std."""
+    runs = reference["runs"]
+    m0 = runs[0]["metrics"] if runs else {}
+    cfg = (runs[0].get("config") if runs else None) or {}
+    models = (f"{_model(m0['weak_model'])} experts, {_model(m0['strong_model'])} student"
+              if m0.get("weak_model") and m0.get("strong_model") else "see its page")
+    out = ["", f"## Reference: the small-gap setting ({models})", "",
+           f"The setting of the first results page, kept for reference: its full page (generated by its own "
+           f"command, with its pre-study, ablations and prose) is [{reference['page']}]({reference['page']}); the "
+           f"numbers below are read from its run records ({reference['path']}). There the single baseline was "
+           "the round-1 boosting expert." + (f" Config: {cfg.get('data', {}).get('easy')} → "
+                                            f"{cfg.get('data', {}).get('hard')}." if cfg else ""), "",
+           f"| model ({len(runs)} seeds) | ID (n={m0.get('n_id')}) | OOD (n={m0.get('n_ood')}) |", "|---|---|---|"]
+    for key, label in REFERENCE_ROWS:
+        out.append(f"| {label} | {_pm([r['metrics'].get(f'{key}_acc_id') for r in runs])} | "
+                   f"{_pm([r['metrics'].get(f'{key}_acc_ood') for r in runs])} |")
+    gap = [r["metrics"]["ceiling_acc_ood"] - r["metrics"]["weak_single_acc_ood"] for r in runs]
+    out += ["", f"The gap to recover there (ceiling − weak, OOD): {_pm(gap)} per seed, against the "
+            "setting above.", ""]
+    return out
+
+
+def load_reference(path: Path) -> dict:
+    """The records of a reference setting: its ``science.json`` and the page beside it (``results_<x>.md``)."""
+    data = json.loads(Path(path).read_text())
+    page = Path(path).parent.parent / (Path(path).stem.replace("science_", "results_") + ".md")
+    return {"runs": data["runs"], "path": _rel(Path(path)), "page": _rel(page).replace("docs/", "", 1)}
 
 
 def _ablation_section(runs: list[dict], ablations: list[dict], info: dict) -> list[str]:
@@ -387,7 +439,8 @@ def check_ablation(ab, path: str, config: str, seeds: int) -> None:
 
 def science(config: str, overrides: list[str], *, seeds: int, jobs: int, tag: str, ablations: Optional[str],
             run: bool, out: Path, log_dir: Optional[Path] = None,
-            prestudy: Path = RESULTS_DIR / "prestudy.json", notes: Path = RESULTS_DIR / "notes.md") -> int:
+            prestudy: Path = RESULTS_DIR / "prestudy.json", notes: Path = RESULTS_DIR / "notes.md",
+            reference: Optional[Path] = None) -> int:
     """Run (unless ``run`` is False) the seeds and ablations, then write the page ``out``, its plot and
     ``science.json`` beside it (in ``<out folder>/results/``). Returns the exit code (1 when a run is missing)."""
     from ensemw2s import storage
@@ -461,7 +514,8 @@ def science(config: str, overrides: list[str], *, seeds: int, jobs: int, tag: st
     book = json.loads(Path(prestudy).read_text()) if Path(prestudy).is_file() else {}
     command = f"{TOOL} science --config " + shlex.quote(config) + f" --seeds {seeds}" + (
         f" --jobs {jobs}" if jobs > 1 else "") + (f" --ablations {ablations}" if ablations else "") + "".join(
-        f" --set {shlex.quote(o)}" for o in overrides)
+        f" --set {shlex.quote(o)}" for o in overrides) + (f" --reference {_rel(Path(reference))}" if reference
+                                                           else "")
     sources = {"store": "the runs stored in S3",
                "science.json": f"the run records kept in {_rel(json_path)} (not in this object store)"}
     page_cfg, cfg_source = page_config(runs, cfg)
@@ -470,7 +524,8 @@ def science(config: str, overrides: list[str], *, seeds: int, jobs: int, tag: st
                   notes=Path(notes).read_text() if Path(notes).is_file() else "",
                   ablation_info={"seeds": ab.seeds, "fork_from": ab.fork_from} if ab else None,
                   book_path=Path(prestudy), cfg_source=cfg_source,
-                  sources=" and ".join(sources[w] for w in sorted(used, reverse=True)))
+                  sources=" and ".join(sources[w] for w in sorted(used, reverse=True)),
+                  reference=load_reference(Path(reference)) if reference else None)
     out.write_text(page)
     summary = {"runs": runs,
                "ablations": [{"name": a["name"], "seed": a["seed"], "overrides": a["overrides"],

@@ -67,9 +67,10 @@ def test_bench_settings_on_tiny_models(repo_root, tiny_assets, tmp_path):
     e = book["entries"]["arc_easy-sciq|tiny"]
     n = e["n_ood"]
     assert n == 12 and e["ids"] and len(e["correct"]["ceiling"]) == n
-    assert set(e["acc"]) == {"weak_zeroshot", "weak_r1", "strong_zeroshot", "ceiling"}
+    assert set(e["acc"]) == {"weak_zeroshot", "weak", "strong_zeroshot", "ceiling"}
+    assert e["weak_definition"].startswith("single") and e["min_gap"] == pytest.approx(0.08)
     assert isinstance(e["qualifies"], bool) and e["chance"] == pytest.approx(0.25)
-    assert e["acc"]["weak_r1"] == pytest.approx(sum(e["correct"]["weak_r1"]) / n)
+    assert e["acc"]["weak"] == pytest.approx(sum(e["correct"]["weak"]) / n)
     assert e["machine"]["cpu_count"] >= 1  # the page states the machine from this record
     # a second call with the same config keeps the entry instead of recomputing it
     again = prestudy(str(repo_root / "configs/tiny.yaml"), ["arc_easy-sciq"], overrides=[], variant="tiny", out=out,

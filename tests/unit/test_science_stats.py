@@ -27,6 +27,13 @@ def test_qualifies_needs_a_gap_and_a_weak_model_above_chance():
     at_chance = list(rng.random(n) < 0.25)
     assert not qualifies(at_chance, [True] * n, chance=0.25)["qualifies"]  # weak not above chance
     assert not qualifies(weak, weak, chance=0.25)["qualifies"]  # no gap
+    # a significant gap below 8 points does not qualify: 1200 questions, ceiling 5 points above the weak model
+    n = 1200
+    weak = [i % 2 == 0 for i in range(n)]
+    ceiling = [w or i % 20 == 1 for i, w in enumerate(weak)]
+    small = qualifies(weak, ceiling, chance=0.25)
+    assert small["gap"] == pytest.approx(0.05) and small["gap"] > 3 * small["gap_se"] and not small["qualifies"]
+    assert qualifies(weak, ceiling, chance=0.25, min_gap=0.04)["qualifies"]
 
 
 def test_select_rounds_picks_the_best_prefix_on_val_and_the_smaller_t_on_ties():
