@@ -1,10 +1,10 @@
 """``lora.layers``: adapters on the top N decoder layers only, and the backward stops at the lowest of them."""
 import pytest
+from tests.tiny_models import make_model, make_tokenizer
 
 from ensemw2s.config import LoraConfig
 from ensemw2s.errors import ModelError
 from ensemw2s.training import apply_lora
-from tests.tiny_models import make_model, make_tokenizer
 
 
 def _deep_model(layers: int):
