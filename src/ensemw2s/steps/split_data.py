@@ -68,9 +68,12 @@ def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, st
     from ensemw2s.training import encode_rows, teacher_forced
 
     splits_dir, state_dir = Path(splits_dir), Path(state_dir)
+    # crossfit difficulty fine-tunes weak models on folds: then the whole experts section is part of the key
+    # (what the pipeline passes this task, ensemw2s.steps.stepio.task_configs)
+    crossfit = needs_model_difficulty(data) and data.difficulty == "crossfit"
     io = StepIO(STEP, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"data": data, "weak_model": weak.model, "max_length": weak.train.max_length,
-                                         "seed": seed}))
+                                         "seed": seed, **({"crossfit_experts": weak} if crossfit else {})}))
     outputs = {"splits": splits_dir, "state": state_dir}
     if io.restore(outputs):
         return {}
