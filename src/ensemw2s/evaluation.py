@@ -28,7 +28,7 @@ SPLIT_KEYS = {"easy_test": "id", "hard_test": "ood"}
 
 
 def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_length: int = 512,
-                    adapters=None):
+                    adapters=None, desc: str = "option scoring"):
     """``{row_id: [[logp of each token of option k] for k in options]}``.
 
     The prompt is run once per question and its KV cache shared by all options (a question's options
@@ -36,14 +36,15 @@ def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_le
 
     ``adapters``: a :class:`~ensemw2s.modeling.MultiAdapter` over K LoRA adapters of ``model`` (a peft
     model): every batch is stacked K times and all K experts are scored in one forward over the shared base;
-    returns a list of K such dicts, in the order of ``adapters.names``.
+    returns a list of K such dicts, in the order of ``adapters.names``. ``desc``: the label of its progress bar
+    (over batches; off with ``ENSEMW2S_PROGRESS=0``).
     """
     import contextlib
 
     import torch
 
     from ensemw2s.modeling import cache_keyword, decoder_parts
-    from ensemw2s.training import pad_batch
+    from ensemw2s.training import pad_batch, progress_bar
 
     K = len(adapters) if adapters is not None else 1
 
@@ -55,7 +56,7 @@ def option_logprobs(model, tok, rows: Sequence[dict], *, batch_size: int, max_le
     outs: list[dict] = [{} for _ in range(K)]
     order = sorted(range(len(rows)), key=lambda i: len(format_prompt(rows[i])))
     with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
+        for b in progress_bar(range(0, len(order), batch_size), desc):
             batch = [rows[i] for i in order[b: b + batch_size]]
             prompts, options, owner = [], [], []
             for qi, r in enumerate(batch):

@@ -214,6 +214,9 @@ def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None
     out(f"ensemw2s run {run_id}: {cfg.boosting.rounds} rounds, experts {cfg.experts.model}, student "
         f"{cfg.student.model}, data {cfg.data.easy} -> {cfg.data.hard}; object store {where['endpoint']}"
         f" ({'embedded SeaweedFS' if where['embedded'] else 'external'})")
+    from ensemw2s.modeling import describe_dtype
+
+    out(describe_dtype(cfg))  # the precision every model step will use here, and why
     sys.stdout.flush()
     if from_run:
         fork(cfg, from_run, run_id)

@@ -106,7 +106,7 @@ def teacher_forced(model, tok, encoded: Sequence[Encoded], batch_size: int = 16,
     out: dict[str, dict] = {}
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     with torch.inference_mode():
-        for b in _progress(range(0, len(order), batch_size), desc):
+        for b in progress_bar(range(0, len(order), batch_size), desc):
             batch = [encoded[i] for i in order[b: b + batch_size]]
             ids, mask = pad_batch([e.input_ids for e in batch], tok.pad_token_id)
             positions = torch.zeros_like(mask, dtype=torch.bool)
@@ -123,7 +123,7 @@ def teacher_forced(model, tok, encoded: Sequence[Encoded], batch_size: int = 16,
     return out
 
 
-def _progress(it, desc):
+def progress_bar(it, desc):
     from tqdm.auto import tqdm
 
     return tqdm(it, desc=desc, leave=False, disable=os.environ.get("ENSEMW2S_PROGRESS", "1") == "0")

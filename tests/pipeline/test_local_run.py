@@ -61,6 +61,10 @@ def test_full_pipeline_and_resume(repo_root, tiny_assets, s3_env, tmp_path, buck
                      timeout=900)
     text = ANSI.sub("", out)
     assert "EnsemW2S ensemble" in text and "orchestration" in text
+    # the run header says the precision of the model steps and why (resources.dtype)
+    from ensemw2s.modeling import resolve_dtype
+
+    assert re.search(rf"precision: {resolve_dtype('auto')} on cpu \(auto", text), text[:2000]
     # the live view: one line per step under its step key, redrawn in place, a bar with ETA while training;
     # nothing of kfp.local (executor input JSON, its task names) on the terminal
     for noise in ('"inputs"', "executor_input", "Executing task", "KFP Executor", "train-expert-2", "Streamed logs"):
