@@ -31,7 +31,7 @@ OVERRIDES = [
     "resources.image_pull_secrets=[regcred, team-mirror]",
     "resources.gpu_types={default: NVIDIA-L4, train_student: NVIDIA-A100-SXM4-80GB}",
 ]
-GPU_PREFIXES = ("train_expert-", "pseudo_label-ensemble", "pseudo_label-single", "train_student-",
+GPU_PREFIXES = ("train_single", "train_expert-", "pseudo_label-ensemble", "pseudo_label-single", "train_student-",
                 "evaluate-student-", "evaluate-experts")
 CPU_PREFIXES = ("split_data", "update_weights-", "report", "pseudo_label-gold", "start-run", "end-run")
 
@@ -72,7 +72,7 @@ def test_every_task_is_classified(compiled):
     names = set(compiled["tasks"])
     assert names == set(run_steps(3)) | {START_RUN, END_RUN}  # named by the one table of step keys
     kinds = [_kind(n) for n in names]
-    assert kinds.count("gpu") == 3 + 2 + 3 + 3 + 1 and kinds.count("cpu") == 1 + 3 + 1 + 1 + 2
+    assert kinds.count("gpu") == 1 + 3 + 2 + 3 + 3 + 1 and kinds.count("cpu") == 1 + 3 + 1 + 1 + 2
     # the table's GPU flag (also used by rerun-step --docker) says the same
     assert {k for k, s in run_steps(3).items() if s.gpu} == {n for n in names if _kind(n) == "gpu"}
 

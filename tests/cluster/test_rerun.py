@@ -94,7 +94,7 @@ def test_rerun_update_weights_then_next_attempt_numbers(tiny_run, s3_env):
 def test_unknown_or_unsafe_step_names(tiny_run, s3_env):
     res = _rerun(tiny_run, "train_expert-r9")
     assert res.returncode == 2
-    assert "valid steps: split_data, train_expert-r1, update_weights-r1, train_expert-r2" in res.stderr
+    assert "valid steps: split_data, train_single, train_expert-r1, update_weights-r1, train_expert-r2" in res.stderr
     assert "evaluate-experts" in res.stderr and "report" in res.stderr
     for bad in ("../report", "report/x", "report\x07"):
         res = _rerun(tiny_run, bad)
@@ -146,7 +146,7 @@ def test_every_step_maps_to_a_module_and_flags():
 
     specs = run_steps(2)
     assert list(specs) == [
-        "split_data", "train_expert-r1", "update_weights-r1", "train_expert-r2", "update_weights-r2",
+        "split_data", "train_single", "train_expert-r1", "update_weights-r1", "train_expert-r2", "update_weights-r2",
         "pseudo_label-ensemble", "train_student-ensemble", "pseudo_label-single", "train_student-single",
         "pseudo_label-gold", "train_student-gold", "evaluate-experts", "evaluate-student-ensemble",
         "evaluate-student-single", "evaluate-student-gold", "report"]

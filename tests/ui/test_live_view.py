@@ -205,17 +205,17 @@ def test_a_short_terminal_folds_finished_and_pending_steps():
     from ensemw2s.steps import keys
 
     view = liveview.RunView("x", list(keys.run_steps(3)), {})
-    for key in list(view.steps)[:5] + ["pseudo_label-gold"]:
+    for key in list(view.steps)[:6] + ["pseudo_label-gold"]:  # split_data, train_single, rounds 1-2
         view.steps[key].status = "done"
     view.steps["update_weights-r3"].status = "running"
     view.steps["update_weights-r3"].start = time.time()
-    assert len(view.rows(40)) == 18
+    assert len(view.rows(40)) == 19
     rows = view.rows(6)
     assert [(kind, st.key if st else None, n) for kind, st, n in rows] == [
-        ("done+", None, 6), ("pending", "train_expert-r3", 1), ("running", "update_weights-r3", 1),
+        ("done+", None, 7), ("pending", "train_expert-r3", 1), ("running", "update_weights-r3", 1),
         ("pending", "pseudo_label-ensemble", 1), ("pending", "train_student-ensemble", 1), ("pending+", None, 8)]
     con = Console(width=100, height=8, force_terminal=False, record=True)
     con.print(view)
     text = con.export_text()
-    assert len(text.strip().splitlines()) == 7 and "6 steps done" in text and "8 more steps pending" in text
+    assert len(text.strip().splitlines()) == 7 and "7 steps done" in text and "8 more steps pending" in text
     assert re.search(r"update_weights-r3\s+running", text)

@@ -132,8 +132,8 @@ def test_run_page_renders_table_and_plots(stored_runs, site_dir, tmp_path):
     assert tables["results"]["rows"] == 1 + 6  # header + the six models
     m = runs[rid]["metrics"]
     first = tables["results"]["first"].split("\t")
-    assert first[0] == "weak single expert (round 1)" and first[2] == f"{m['weak_single_acc_ood']:.3f}", first
-    assert tables["steps"]["rows"] == 1 + 18
+    assert first[0] == "weak single expert (the baseline)" and first[2] == f"{m['weak_single_acc_ood']:.3f}", first
+    assert tables["steps"]["rows"] == 1 + 19  # header + every step of a 3-round run
 
 
 def test_index_page_renders_comparison(site_dir, tmp_path):

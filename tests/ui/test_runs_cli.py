@@ -31,7 +31,7 @@ def test_list_shows_every_kind_of_run(stored_runs, capsys):
         if "metrics" in rec:
             assert " complete " in row, row
             assert f"{rec['metrics']['ensemble_acc_ood']:.3f}" in row, row
-    assert "failed at update_weights-r1 (2/18 steps done)" in _row(out, "20261201-121500-failed")
+    assert "failed at train_expert-r1 (2/19 steps done)" in _row(out, "20261201-121500-failed")
     assert "ablation: 1/2 runs complete; compared" in _row(out, abl["base"])
     assert "planned (no step yet)" in _row(out, abl["children"][1])
     assert "samme" in _row(out, "sci-t-s0-cccccc")
@@ -52,9 +52,9 @@ def test_show_has_the_table_steps_logs_and_artifacts(stored_runs, capsys):
     assert f"s3://{store.bucket}/runs/{rid}/split_data/step.log" in split_row
     assert f"s3://{store.bucket}/runs/{rid}/report/report/" in out
     failed = _cli(capsys, store, "show", "20261201-121500-failed")
-    assert "failed at update_weights-r1" in failed and "not run" in failed
-    row = next(line for line in failed.splitlines() if line.startswith("update_weights-r1 "))
-    assert " incomplete " in row and "update_weights-r1/step.log" in row, row
+    assert "failed at train_expert-r1" in failed and "not run" in failed
+    row = next(line for line in failed.splitlines() if line.startswith("train_expert-r1 "))
+    assert " incomplete " in row and "train_expert-r1/step.log" in row, row
 
 
 def test_compare_pairs_on_the_stored_predictions(stored_runs, capsys):
