@@ -260,10 +260,12 @@ def render(cfg: Config, runs: list[dict], missing: list[str], ablations: list[di
          f"{', '.join(str(r['metrics'].get('chosen_rounds')) for r in runs)}; pseudo-labels by "
          f"`{cfg.ensemble.pseudo_label_mode}`; accuracy = {accuracy}.", ""]
     L += ["## Pre-study: which settings can show a weak-to-strong effect", "",
-          "Round-1 weak expert and gold-trained strong ceiling on each setting's OOD test (one seed; both base "
-          "models zero-shot for reference). A setting qualifies when ceiling − weak ≥ 3 standard errors of the "
-          "paired difference and weak − chance ≥ 3 standard errors of the weak accuracy. Command: "
-          f"`{TOOL} settings [--set ...] --variant NAME`.", ""]
+          "The weak expert and the gold-trained strong ceiling on each setting's OOD test (one seed; both base "
+          "models zero-shot for reference). The weak expert is the single baseline: fine-tuned on all easy_train "
+          "rows (*weak training* ends in “(all)”), or, in entries made before that baseline existed, the round-1 "
+          "boosting expert (“(r1)”). A setting qualifies when ceiling − weak ≥ 3 standard errors of the paired "
+          "difference and ≥ 8 points (entries made before the 8-point rule: 3 SE only), and weak − chance ≥ 3 "
+          f"standard errors of the weak accuracy. Command: `{TOOL} settings [--set ...] --variant NAME`.", ""]
     L += _prestudy_section(book, book_path)
     L += ["", f"## Main results (mean ± std over {len(runs)} seeds)", "",
           f"| model | ID (n={m0.get('n_id')}) | OOD (n={m0.get('n_ood')}) |", "|---|---|---|"]
