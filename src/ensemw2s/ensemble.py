@@ -348,17 +348,22 @@ class _Expert:
                 self.model.set_adapter(self.adapter, inference_mode=True)  # keep requires_grad off
             else:
                 self.model.set_adapter(self.adapter)
+        out = self.model(**self._forward_kwargs(input_ids, attention_mask, position_ids, cache))
+        return [out.logits[:, -1, :]]
+
+    def _forward_kwargs(self, input_ids, attention_mask, position_ids, cache, repeat: int = 1) -> dict[str, Any]:
+        """The keywords of one cached forward that keeps only the last position's logits; the batch repeated
+        ``repeat`` times (one block per stacked expert)."""
         kwargs: dict[str, Any] = {
-            "input_ids": input_ids.to(self.device),
-            "attention_mask": attention_mask.to(self.device),
-            "position_ids": position_ids.to(self.device),
+            "input_ids": input_ids.repeat(repeat, 1).to(self.device),
+            "attention_mask": attention_mask.repeat(repeat, 1).to(self.device),
+            "position_ids": position_ids.repeat(repeat, 1).to(self.device),
             "use_cache": True,
             self.cache_kw: cache,
         }
         if self.has_logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        out = self.model(**kwargs)
-        return [out.logits[:, -1, :]]
+        return kwargs
 
 
 class _StackedExperts(_Expert):
@@ -390,34 +395,17 @@ class _StackedExperts(_Expert):
         for b in range(self.k):
             sub = copy.copy(cache)
             sub.layers = [layer.block(b * n, (b + 1) * n, self.k * n) for layer in layers]
-            kwargs: dict[str, Any] = {
-                "input_ids": input_ids.to(self.device),
-                "attention_mask": attention_mask.to(self.device),
-                "position_ids": position_ids.to(self.device),
-                "use_cache": True,
-                self.cache_kw: sub,
-            }
-            if self.has_logits_to_keep:
-                kwargs["logits_to_keep"] = 1
             with self.multi.active(n, block=b):
-                out.append(self.base(**kwargs).logits[:, -1, :])
+                out.append(self.base(**self._forward_kwargs(input_ids, attention_mask, position_ids, sub))
+                           .logits[:, -1, :])
         for layer in layers:
             layer.filled(input_ids.shape[1])
         return out
 
     def last_logits(self, input_ids, attention_mask, position_ids, cache) -> list[torch.Tensor]:
         n = input_ids.shape[0]
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids.repeat(self.k, 1).to(self.device),
-            "attention_mask": attention_mask.repeat(self.k, 1).to(self.device),
-            "position_ids": position_ids.repeat(self.k, 1).to(self.device),
-            "use_cache": True,
-            self.cache_kw: cache,
-        }
-        if self.has_logits_to_keep:
-            kwargs["logits_to_keep"] = 1
         with self.multi.active(n):
-            out = self.base(**kwargs)
+            out = self.base(**self._forward_kwargs(input_ids, attention_mask, position_ids, cache, self.k))
         return list(out.logits[:, -1, :].view(self.k, n, -1).unbind(0))
 
 
