@@ -161,11 +161,6 @@ def _trained(section: dict) -> str:
     return _model(section["model"]) + (f" + LoRA r={lora['r']}" if lora.get("enabled") else " (full fine-tuning)")
 
 
-def _short(model: str) -> str:
-    return {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270M",
-            "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B"}.get(model, model)
-
-
 def _layers(section: dict) -> str:
     n = (section.get("lora") or {}).get("layers") or 0
     return f", LoRA top {n} layers" if n else ""
@@ -206,8 +201,8 @@ def _prestudy_section(book: dict, book_path: Path) -> list[str]:
             return f"{rows} rows × {t['epochs']:g} ep, lr {t['lr']:g}"
 
         weak = "weak" if "weak" in a else "weak_r1"  # entries before train_single: the round-1 expert
-        out.append(f"| {e['description'] or e['setting']} | {e['variant']} | {_short(c['experts']['model'])} → "
-                   f"{_short(c['student']['model'])} | {c['data'].get('prompt', 'mc')} | "
+        out.append(f"| {e['description'] or e['setting']} | {e['variant']} | {_model(c['experts']['model'])} → "
+                   f"{_model(c['student']['model'])} | {c['data'].get('prompt', 'mc')} | "
                    f"{budget('experts', sizes['easy_train'])}{' (r1)' if weak == 'weak_r1' else ' (all)'} | "
                    f"{budget('student', sizes['hard_pool'])}{_layers(c['student'])} | "
                    f"{e['n_ood']} | {e['chance']:.3f} | "
@@ -361,8 +356,8 @@ def _reference_section(reference: dict) -> list[str]:
         out.append(f"| {label} | {_pm([r['metrics'].get(f'{key}_acc_id') for r in runs])} | "
                    f"{_pm([r['metrics'].get(f'{key}_acc_ood') for r in runs])} |")
     gap = [r["metrics"]["ceiling_acc_ood"] - r["metrics"]["weak_single_acc_ood"] for r in runs]
-    out += ["", f"The gap to recover there (ceiling − weak, OOD): {_pm(gap)} per seed, against the "
-            "setting above.", ""]
+    out += ["", f"The gap to recover there (ceiling − weak, OOD): {_pm(gap)} over its seeds (the "
+            "main setting's gap is in the paired table above).", ""]
     return out
 
 
