@@ -15,6 +15,9 @@ with its own small random LoRA adapter (r=16 on all projections, lora_B ~ N(0, 0
 * (b) HF ``generate`` (greedy, KV cache) of one merged copy, same prompts, same batches of 16 (longest first,
   left padding): the single-model throughput. Run first and again last; the faster run is the baseline (a
   load change on a shared machine between the two would otherwise move every ratio).
+* (b') the same HF ``generate`` over the stacked batch's rows: batches of K x 16 rows, each prompt K times (K =
+  3): one model's cost for as many rows as the stacked decoder runs, so (b') / K is the most stacking can reach
+  where the forward is compute-bound (on this CPU it is: see docs/performance.md §1).
 * (c) ``reference_generate_ids`` (one prompt at a time, no cache, full prefix recomputed for every token) at
   K = 3 on 2 questions; (c') a batched no-cache variant (one left-padded batch of 4 questions, full prefix
   every token). Both only decode 8 new tokens (their cost grows with the prefix, so this favours them); their
@@ -210,6 +213,8 @@ def child(spec: dict) -> dict:
     adapters = spec["adapters"][:K]
     alphas = [1.0 + 0.25 * k for k in range(K)]  # unequal weights, like boosting's
     prompts = C.arc_prompts(n)
+    if spec.get("repeat"):  # every prompt `repeat` times in a row: HF at the stacked batch's rows and lengths
+        prompts = [p for p in prompts for _ in range(spec["repeat"])]
     t_load = time.perf_counter()
     if mode in ("stacked", "switch"):
         base, tok = _load_base()
@@ -324,6 +329,9 @@ def main() -> int:
             run(f"stacked_K{K}", mode="stacked", K=K)
             run(f"merged_K{K}", mode="merged", K=K)
         run(f"switch_K{K_NAIVE}", mode="switch", K=K_NAIVE)
+        # the compute ceiling of stacking: one model over the stacked batch's rows (K_NAIVE x BATCH, each prompt
+        # K_NAIVE times); stacked K experts cannot beat this rate / K (same rows, the LoRA terms on top)
+        run(f"hfrows_K{K_NAIVE}", mode="hf", K=1, batch=BATCH * K_NAIVE, repeat=K_NAIVE)
         run(f"stackedpeft_K{K_NAIVE}", mode="stacked", K=K_NAIVE, impl="peft")
         run(f"ref_K{K_NAIVE}", mode="ref", K=K_NAIVE, n=N_REF, new=NEW_NAIVE)
         run(f"nocache_K{K_NAIVE}", mode="nocache", K=K_NAIVE, n=N_NOCACHE, batch=N_NOCACHE, new=NEW_NAIVE)
@@ -390,6 +398,9 @@ def main() -> int:
                  sp["tok_s"] / runs[f"merged_K{kn}"]["tok_s"], "", "", "", "", f"{sp['same_ids_as_merged']:.0%}"
                  if "same_ids_as_merged" in sp else ""])
     rows.append(["(b) HF generate, 1 model", hf, 1.0, "", "", "", "", "", "", ""])
+    hr = runs[f"hfrows_K{kn}"]
+    rows.append([f"(b') HF generate, 1 model, {kn}x{BATCH} rows, / {kn}", hr["tok_s"] / kn, hr["tok_s"] / kn / hf,
+                 f"stacked = {st['tok_s'] / (hr['tok_s'] / kn):.2f} x this", "", "", "", "", "", ""])
     print(C.table(["decoder", "tok/s", "/ single", "K=3 >= 0.5", "/ merged", "mem MiB", "w+KV MiB", "ratio",
                    "<=1.25", "ids = merged"], rows,
                   title=f"\ntokens/s side by side; stacked vs today's decoders: stacked / switch at K={kn} = "

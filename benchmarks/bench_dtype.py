@@ -32,7 +32,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
-MODELS = ["tiny-weak"] if C.QUICK else ["smollm2-135m", "gemma3-270m"]
+DEFAULT_MODELS = ["tiny-weak"] if C.QUICK else ["smollm2-135m", "gemma3-270m"]
+# ENSEMW2S_BENCH_DTYPE_MODELS=qwen2.5-coder-1.5b (a comma list of asset names) measures other models; their
+# results go to build/bench/bench_dtype-<names>.json so `make bench`'s own file is never overwritten
+MODELS = [m for m in os.environ.get("ENSEMW2S_BENCH_DTYPE_MODELS", "").split(",") if m.strip()] or DEFAULT_MODELS
+OUT_NAME = "bench_dtype" if MODELS == DEFAULT_MODELS else "bench_dtype-" + "+".join(MODELS)
 REPS = 2 if C.QUICK else int(os.environ.get("ENSEMW2S_BENCH_DTYPE_REPS", "3"))
 N_FWD, FWD_BATCH = (4, 2) if C.QUICK else (32, 16)
 N_DEC, NEW_DEC = (2, 2) if C.QUICK else (16, 16)
@@ -215,7 +219,7 @@ def main() -> int:
     total = time.perf_counter() - t_all
     print(f"load average at the end: {C.loadavg()} (1/5/15 min; {C.machine()['nproc']} CPUs)")
     print(f"\nbench_dtype finished in {total:.0f} s")
-    print(f"results: {C.save('bench_dtype', {'runs': runs, 'seconds': total, 'reps': REPS})}")
+    print(f"results: {C.save(OUT_NAME, {'runs': runs, 'seconds': total, 'reps': REPS})}")
     return 0
 
 

@@ -53,6 +53,9 @@ def summary_rows(res: dict) -> list[list]:
             ratio = runs[f"merged_K{K}"]["tok_s"] / (hf / K)
             rows.append(_row(f"1 decode K={K}: K merged models / (HF generate / K)", ratio, ">= 0.8", ratio >= 0.8))
         st = runs[f"stacked_K{kn}"]
+        if f"hfrows_K{kn}" in runs:
+            rows.append(_row(f"1 decode K={kn}: stacked / (HF generate over the stacked rows / K)",
+                             st["tok_s"] / (runs[f"hfrows_K{kn}"]["tok_s"] / kn), "report", None))
         if f"switch_K{kn}" in runs:
             rows.append(_row(f"1 decode K={kn}: stacked / today's switch-adapter LoRA decoder",
                              st["tok_s"] / runs[f"switch_K{kn}"]["tok_s"], "report", None))

@@ -147,6 +147,35 @@ def test_cached_batched_equals_reference(tok, experts, k, combine):
     assert dec1.generate_ids(PROMPTS, MAX_NEW) == ref
 
 
+def test_kv_pool_is_one_slab_reused_across_batches(tok, experts):
+    """The reserved KV caches of one call: every layer's buffers are views of ONE key slab and ONE value slab
+    (allocated by the first layer), a later, smaller batch reuses them, and a layer whose shapes differ gets
+    buffers of its own instead of re-slabbing the others."""
+    from ensemw2s.ensemble import _new_cache
+
+    model = experts[0]
+    pool: dict = {}
+    cache = _new_cache(model.config, capacity=10, pool=pool)
+    n_layers = model.config.num_hidden_layers
+    assert pool["layers"] == tuple(range(n_layers))
+    h, d = model.config.num_key_value_heads, model.config.hidden_size // model.config.num_attention_heads
+    ks = torch.randn(3, h, 4, d)
+    for i, layer in enumerate(cache.layers):
+        k, v = layer.update(ks + i, ks - i)
+        assert torch.equal(k, ks + i) and torch.equal(v, ks - i)
+    storages = {pool[i][0].untyped_storage().data_ptr() for i in range(n_layers)}
+    assert len(storages) == 1 and pool[0][0].shape == (3, h, 10, d)
+    first = pool[0][0]
+    again = _new_cache(model.config, capacity=8, pool=pool)  # the next batch: fewer rows, shorter
+    for layer in again.layers:
+        layer.update(ks[:2], ks[:2])
+    assert pool[0][0] is first and again.layers[-1].keys.untyped_storage().data_ptr() in storages
+    odd = _new_cache(model.config, capacity=8, pool=pool)
+    odd.layers[0].update(ks[:2], ks[:2])
+    odd.layers[1].update(torch.randn(2, h, 4, d + 2), torch.randn(2, h, 4, d + 2))  # another head size
+    assert pool[0][0] is first and pool[1][0].shape[-1] == d + 2
+
+
 def test_ensemble_differs_from_members(tok, experts):
     """Guard against a vacuous equivalence test: the experts disagree and the ensemble is not one of them."""
     singles = [reference_generate_ids([m], [1.0], tok, PROMPTS, MAX_NEW) for m in experts]

@@ -210,6 +210,8 @@ def _new_cache(config, capacity: int | None = None, pool: dict | None = None):
         for i, layer in enumerate(layers):
             if type(layer) is DynamicLayer:  # sliding-window and other layer kinds keep their own logic
                 layers[i] = _reserved_layer_cls()(capacity, pool, i)
+        if pool is not None:
+            pool["layers"] = tuple(i for i, layer in enumerate(layers) if type(layer) is _reserved_layer_cls())
     return cache
 
 
@@ -232,17 +234,34 @@ def _reserved_layer_cls():
                 self._n = 0
                 self._pool, self._index = pool, index
 
+            def _fits(self, got, rows: int, key_states, value_states) -> bool:
+                return (got is not None and got[0].shape[0] >= rows and got[0].shape[2] >= self.capacity
+                        and got[0].shape[1] == key_states.shape[1] and got[0].shape[3] == key_states.shape[-1]
+                        and got[1].shape[3] == value_states.shape[-1] and got[0].dtype == key_states.dtype
+                        and got[0].device == key_states.device)
+
             def _buffers(self, rows: int, key_states, value_states):
-                """Zero-copy views of pooled buffers when they are large enough, else new (pooled) ones."""
+                """Zero-copy views of pooled buffers when they are large enough, else new (pooled) ones.
+
+                With a pool, the first layer to need buffers allocates them for EVERY reserved layer of the
+                cache in one slab for the keys and one for the values: allocations that large are mmapped by
+                glibc, so the caches never sit in the heap between transient activations, whose freed pages
+                then stay resident (the stacked decoder's peak memory: docs/performance.md §1)."""
                 h, d, dv = key_states.shape[1], key_states.shape[-1], value_states.shape[-1]
                 got = self._pool.get(self._index) if self._pool is not None else None
-                if (got is None or got[0].shape[0] < rows or got[0].shape[2] < self.capacity
-                        or got[0].shape[1] != h or got[0].shape[3] != d or got[1].shape[3] != dv
-                        or got[0].dtype != key_states.dtype or got[0].device != key_states.device):
-                    got = (key_states.new_empty((rows, h, self.capacity, d)),
-                           value_states.new_empty((rows, h, self.capacity, dv)))
-                    if self._pool is not None:
-                        self._pool[self._index] = got
+                if not self._fits(got, rows, key_states, value_states):
+                    slab = self._pool.get("layers", ()) if self._pool is not None else ()
+                    if slab and self._index == slab[0]:  # a new batch's first layer; the others follow
+                        keys = key_states.new_empty((len(slab), rows, h, self.capacity, d))
+                        values = value_states.new_empty((len(slab), rows, h, self.capacity, dv))
+                        for j, i in enumerate(slab):
+                            self._pool[i] = (keys[j], values[j])
+                        got = self._pool[self._index]
+                    else:
+                        got = (key_states.new_empty((rows, h, self.capacity, d)),
+                               value_states.new_empty((rows, h, self.capacity, dv)))
+                        if self._pool is not None:
+                            self._pool[self._index] = got
                 return got[0][:rows, :, : self.capacity], got[1][:rows, :, : self.capacity]
 
             def _views(self):
