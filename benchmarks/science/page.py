@@ -383,23 +383,27 @@ def _ablation_section(runs: list[dict], ablations: list[dict], info: dict) -> li
         L.append(f"Each ablation is a real run from scratch. Paired differences are against {against} on the "
                  "same questions.")
     L += ["", "| variant | overrides | T used | ensemble ID | ensemble OOD | student←ens OOD | ensemble OOD − main "
-          "[95 % CI] | student←ens OOD − main [95 % CI] |", "|---|---|---|---|---|---|---|---|"]
+          "[95 % CI] | student←ens OOD − main [95 % CI] | single OOD | student←single OOD | PGR_single | "
+          "single OOD − main [95 % CI] | student←single OOD − main [95 % CI] |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     main = {r["metrics"].get("seed"): r for r in runs}
     for ab in ablations:
         name = ab["name"] if one else f"{ab['name']} (seed {ab['seed']})"
         shown = " ".join(ab["overrides"]) or "(none: same as the main config)"
         if ab.get("run") is None:
-            L.append(f"| {name} | `{shown}` | **missing** ({ab.get('why', '')}) | | | | | |")
+            L.append(f"| {name} | `{shown}` | **missing** ({ab.get('why', '')}) | | | | | | | | | | |")
             continue
         m = ab["run"]["metrics"]
         base = main.get(ab["seed"])
         cells = []
-        for model in ("ensemble", "student_ensemble"):
+        for model in ("ensemble", "student_ensemble", "weak_single", "student_single"):
             d = cross_paired(ab["run"], base, model, "hard_test") if base else None
             cells.append(f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d else "—")
         L.append(f"| {name} | `{shown}` | {m.get('chosen_rounds')} | "
                  f"{_f(m.get('ensemble_acc_id'))} | {_f(m.get('ensemble_acc_ood'))} | "
-                 f"{_f(m.get('student_ensemble_acc_ood'))} | {cells[0]} | {cells[1]} |")
+                 f"{_f(m.get('student_ensemble_acc_ood'))} | {cells[0]} | {cells[1]} | "
+                 f"{_f(m.get('weak_single_acc_ood'))} | {_f(m.get('student_single_acc_ood'))} | "
+                 f"{_f(m.get('pgr_single'))} | {cells[2]} | {cells[3]} |")
     L += ["", "The uniform-weight ensemble (plain average of the same experts) is in every run: see the main "
           "table and the *alpha weights − uniform weights* paired difference."]
     return L
