@@ -61,6 +61,9 @@ def run_pipeline(d: Path, rows: int, rounds: int) -> dict:
 
     t0 = time.perf_counter()
     step("split_data", split_data.main, ["--splits", str(d / "splits"), "--state", str(d / "state0")])
+    single = ["--single-expert", str(d / "expert-single")]
+    step("train_single", train_expert.main, ["--single", "--splits", str(d / "splits"), "--state", str(d / "state0"),
+                                             "--expert", str(d / "expert-single")])
     for t in range(1, rounds + 1):
         step(f"train_expert-r{t}", train_expert.main, ["--round", str(t), "--splits", str(d / "splits"), "--state",
                                                        str(d / f"state{t - 1}"), "--expert", str(d / f"expert{t}")])
@@ -70,7 +73,8 @@ def run_pipeline(d: Path, rows: int, rounds: int) -> dict:
     for source in ("ensemble", "single", "gold"):
         step(f"pseudo_label-{source}", pseudo_label.main, ["--source", source, "--splits", str(d / "splits"),
                                                            "--state", str(d / f"state{rounds}"), "--labels",
-                                                           str(d / f"labels-{source}")])
+                                                           str(d / f"labels-{source}")]
+             + (single if source == "single" else []))
         step(f"train_student-{source}", train_student.main, ["--source", source, "--labels",
                                                              str(d / f"labels-{source}"), "--student",
                                                              str(d / f"student-{source}")])
@@ -78,7 +82,7 @@ def run_pipeline(d: Path, rows: int, rounds: int) -> dict:
                                                            str(d / "splits"), "--student", str(d / f"student-{source}"),
                                                            "--out", str(d / f"eval-student-{source}")])
     step("evaluate-experts", evaluate.main, ["--target", "experts", "--splits", str(d / "splits"), "--state",
-                                             str(d / f"state{rounds}"), "--out", str(d / "eval-experts")])
+                                             str(d / f"state{rounds}"), "--out", str(d / "eval-experts")] + single)
     args = ["--out", str(d / "report")]
     for t in keys.EVAL_TARGETS:
         args += [f"--eval-{t}", str(d / f"eval-{t}")]

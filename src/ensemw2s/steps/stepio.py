@@ -44,6 +44,13 @@ def mark_local(path: Path, info: dict) -> None:
     (Path(path) / LOCAL_MARK).write_text(json.dumps(info, sort_keys=True))
 
 
+# when the running step started: its entry point (:func:`step_main`), or the import of this module (what a KFP
+# component does first). A step's timing record starts there, so what it does before its StepIO exists (its
+# config, its resume key: importing torch for resources.dtype) counts as the step's work, not as orchestration
+# (benchmarks/bench_pipeline.py). The first StepIO consumes it.
+_ENTERED: Optional[float] = time.time()
+
+
 class StepIO:
     """Object-storage side of one step execution (a no-op when ``run_id`` is None)."""
 
@@ -55,7 +62,8 @@ class StepIO:
         if attempt:
             step, resume = f"{step}.attempt-{int(attempt)}", False
         self.step, self.run_id, self.config_hash, self.resume = step, run_id, config_hash, resume
-        self.t0 = time.time()
+        global _ENTERED
+        self.t0, _ENTERED = _ENTERED or time.time(), None  # consumed: a later StepIO in this process starts anew
         self.store = None
         self.lease = None
         if run_id is not None:
@@ -338,6 +346,8 @@ def step_main(parser: argparse.ArgumentParser, argv, work: Callable[..., object]
     """``python -m ensemw2s.steps.<step>``: parse the flags, load the config (``--config`` / ``--set``) and call
     ``work(args, cfg, run_id=..., storage=..., resume=...)`` — the object-storage arguments every step's
     ``run()`` takes — under :func:`run_main`."""
+    global _ENTERED
+    _ENTERED = time.time()
     args = parser.parse_args(argv)
 
     def go():
