@@ -14,7 +14,8 @@ the object ``runs/<run_id>/run-summary/lease.json``::
   killed with SIGKILL can be resumed immediately).
 - **Taking it.** Read; refuse when another holder's lease is live; write our lease with a fresh token, as a
   conditional write (``If-None-Match: *`` when there was none, ``If-Match: <etag>`` over an expired one or our
-  own); wait ``settle`` seconds; read back: only the writer whose token is there holds it.
+  own); wait ``settle`` seconds, unless the server is seen to honour conditions (a probe on a scratch object:
+  both conditions must be refused); read back: only the writer whose token is there holds it.
 - **What correctness rests on.** With a server that honours conditional writes (AWS S3 since 2024, the
   SeaweedFS of ``ensemw2s storage serve``: tests/storage/test_lease.py checks it) two contenders cannot both
   write. A server that ignores the headers (older MinIO/SeaweedFS) still gives last-writer-wins, and the
@@ -138,6 +139,7 @@ class Lease:
         self.acquired_at: Optional[str] = None
         self.lost: Optional[str] = None
         self.conditional = True  # False once the server refused conditional writes as unsupported
+        self._honours: Optional[bool] = None  # server_honours_conditions(), once probed
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._last_renewal = 0.0
@@ -200,6 +202,43 @@ class Lease:
         self.etag = str(resp.get("ETag", "")) or None
         return True
 
+    def server_honours_conditions(self) -> bool:
+        """Whether the object store refuses a write whose condition fails: probed once per lease on a scratch
+        object beside the lease (a put, then an ``If-None-Match: *`` and an ``If-Match: <wrong etag>`` put over
+        it, both of which must be refused, then a delete; a few milliseconds). Where it does, two contenders
+        cannot both write the lease and the read-back needs no ``settle`` wait before it."""
+        if self._honours is None:
+            self._honours = self.conditional and self._probe_conditions()
+        return self._honours
+
+    def _probe_conditions(self) -> bool:
+        from botocore.exceptions import ClientError
+
+        from ensemw2s.storage import _error_code
+
+        key = self.store.key(self.run_id, RUN_SUMMARY, f"lease-probe-{uuid.uuid4().hex}.json")
+        client, bucket = self.store.client, self.store.bucket
+        uri = self.store._uri(key)
+        with self.store._errors("probe conditional writes", uri):
+            client.put_object(Bucket=bucket, Key=key, Body=b"{}")
+            try:
+                for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"0000000000000000"'}):
+                    try:
+                        client.put_object(Bucket=bucket, Key=key, Body=b"{}", **condition)
+                    except ClientError as exc:
+                        code = _error_code(exc)
+                        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                            continue  # refused, as it must be
+                        if code in _NOT_SUPPORTED:
+                            self.conditional = False
+                            return False
+                        raise
+                    return False  # the write went through: the server ignores this condition
+                return True
+            finally:
+                with contextlib.suppress(ClientError):
+                    client.delete_object(Bucket=bucket, Key=key)
+
     def _body(self, token: str) -> dict:
         now = time.time()
         return {"holder": self.holder, "token": token, "ttl": self.ttl, "run_id": self.run_id,
@@ -231,7 +270,7 @@ class Lease:
                 if back is not None and back.holder == self.holder:
                     return self._hold(back)  # another task of the same KFP run: it holds it for us too
                 continue  # look again
-            if self.settle > 0:
+            if self.settle > 0 and not self.server_honours_conditions():
                 time.sleep(self.settle)
             back = self.read()
             if back is not None and back.holder == self.holder:

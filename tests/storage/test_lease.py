@@ -158,6 +158,25 @@ def test_contenders_racing_for_one_run_id_leave_exactly_one_holder(store_factory
     assert all("is in use" in r or "overtaken" in r for i, r in results.items() if i != winners[0]), results
 
 
+@pytest.mark.parametrize("server", ["honours-conditions", "ignores-conditions"])
+def test_the_settle_wait_is_only_paid_where_the_server_ignores_conditions(store_factory, server, monkeypatch):
+    """The read-back's wait guards a server that ignores conditional writes; the probe tells the two apart and
+    leaves no scratch object behind."""
+    import ensemw2s.lease as lease_mod
+
+    st = store_factory()
+    if server == "ignores-conditions":
+        st.client = _IgnoresConditions(st.client)
+    slept = []
+    monkeypatch.setattr(lease_mod.time, "sleep", slept.append)
+    lease = Lease(st, "run-p", "kfp:wf-probe", ttl=60, settle=1.5).acquire()
+    assert lease.server_honours_conditions() is (server == "honours-conditions")
+    assert slept == ([] if server == "honours-conditions" else [1.5])
+    lease_key = st.key("run-p", RUN_SUMMARY, LEASE)
+    listed = st.client.list_objects_v2(Bucket=st.bucket, Prefix=lease_key.rsplit("/", 1)[0] + "/")
+    assert [o["Key"] for o in listed.get("Contents", [])] == [lease_key]
+
+
 def test_a_second_live_local_run_of_a_run_id_is_refused(repo_root, tiny_assets, s3_env):
     """`ensemw2s run --run-id X` while another live run (here: this test process) holds X's lease:
     exit 1, the holder named, and no step of the pipeline ran."""
