@@ -166,10 +166,19 @@ def real_run(tmp: Path) -> dict:
 
 def gaps(summary: dict) -> tuple[float, float]:
     """Median and max time between one step's end and the next step's start (timing.json stamps): the
-    previous process's exit, kfp.local's bookkeeping, the next start-up and its imports before StepIO."""
+    previous process's exit, kfp.local's bookkeeping, the next start-up and its imports before the step."""
     t = sorted(summary["timings"].values(), key=lambda v: v["start"])
     g = [b["start"] - a["end"] for a, b in zip(t, t[1:])]
     return (statistics.median(g), max(g)) if g else (float("nan"), float("nan"))
+
+
+def ends(summary: dict) -> tuple[float, float]:
+    """The run's own time before its first step starts (store check, lease, config and status records, kfp.local
+    init and the first task's start-up) and after its last step ends (lease release, log uploads)."""
+    if "started" not in summary:
+        return float("nan"), float("nan")
+    t = summary["timings"].values()
+    return min(v["start"] for v in t) - summary["started"], summary["ended"] - max(v["end"] for v in t)
 
 
 def main() -> int:
@@ -215,6 +224,7 @@ def main() -> int:
         rows.append([f"real tiny run, per step ({summary['steps']} steps)", per_step, beyond,
                      C.verdict(beyond <= 0.2)])
         rows.append(["  gaps between steps: median / max", gaps(summary)[0], gaps(summary)[1], ""])
+        rows.append(["  before the first step / after the last", ends(summary)[0], ends(summary)[1], ""])
     print(C.table(["orchestration", "seconds", "beyond start-up", "<= 0.2 s"], rows,
                   title="\nbench_pipeline: per-step orchestration overhead"))
     up, down = mbs["ours_up"] / mbs["plain_up"], mbs["ours_down"] / mbs["plain_down"]

@@ -99,7 +99,7 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None, verbose: bool = 
     view = liveview.RunView(run_id, list(keys.run_steps(cfg.boosting.rounds)), task_keys(pipeline))
     log_dir = root / "logs"
     started = False  # the run's own records are written only once it holds its run id
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     try:
         with _progress_env(not verbose), liveview.capture(view, log_dir, verbose=verbose, terminal=terminal,
                                                            on_log_closed=_log_uploader(store, run_id)):
@@ -126,14 +126,15 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None, verbose: bool = 
         if started:
             with contextlib.suppress(Exception):
                 store.put_file(log_dir / "kfp-local.log", run_id, keys.RUN_SUMMARY, "kfp-local.log")
-    wall = time.perf_counter() - t0
+    wall, ended_at = time.perf_counter() - t0, time.time()
     report_dir = root / "report"
     store.get_dir(run_id, keys.REPORT, "report", report_dir)
     metrics = json.loads((report_dir / "metrics.json").read_text())
     timings = provenance.step_timings(store, run_id)
     work = sum(t["work_seconds"] for t in timings.values())
     summary = {"run_id": run_id, "commit": commit, "machine": provenance.machine_info(),
-               "wall_seconds": round(wall, 1), "steps": len(timings), "step_work_seconds": round(work, 1),
+               "wall_seconds": round(wall, 1), "started": started_at, "ended": ended_at, "steps": len(timings),
+               "step_work_seconds": round(work, 1),
                "orchestration_overhead_per_step": round((wall - work) / max(1, len(timings)), 2),
                "timings": timings, "report_uri": store.uri(run_id, keys.REPORT, "report"),
                # set by the science sweep (`python -m benchmarks.science science --jobs n`): other runs shared the machine, so step times are longer
