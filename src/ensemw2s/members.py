@@ -46,12 +46,12 @@ def ensemble_members(state: dict, fetch: Fetch, members: str, upto: Optional[int
 
 def single_member(expert_dir: Path) -> dict:
     """The single-expert baseline (step ``train_single``, fetched to ``expert_dir``) as a member: weight 1,
-    listed as round 0 (it is no boosting round)."""
+    listed as round 0 (it is no boosting round); ``info``: its ``expert.json``."""
     import json
 
     meta = json.loads((Path(expert_dir) / "expert.json").read_text())
     return {"round": 0, "alpha": 1.0, "path": str(Path(expert_dir) / "model"), "lora": meta.get("lora"),
-            "base_model": meta["base_model"], "skipped": False, "single": True}
+            "base_model": meta["base_model"], "skipped": False, "single": True, "info": meta}
 
 
 def baseline_member(state: dict, fetch: Fetch, single: str, single_dir: Optional[Path]) -> dict:

@@ -120,7 +120,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         info["eps"] = [e["eps"] for e in state["experts"]]
         info["eps_prior"] = [e["eps_prior"] for e in state["experts"]]
         info["active_rounds"] = [m["round"] for m in active]
-        info["single"] = {"definition": ens.single, "train_single": read_json(Path(full["path"]).parent / "expert.json")}
+        info["single"] = {"definition": ens.single, "train_single": full["info"]}
         info["weak_model"] = state["weak_model"]
     else:
         from ensemw2s.ensemble import EnsembleDecoder

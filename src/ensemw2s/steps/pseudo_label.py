@@ -25,7 +25,15 @@ from ensemw2s.members import (
     option_logprobs_by_round,
 )
 from ensemw2s.steps import keys
-from ensemw2s.steps.stepio import StepIO, base_parser, optional_path, read_json, step_main, write_json
+from ensemw2s.steps.stepio import (
+    StepIO,
+    base_parser,
+    ensemble_label_settings,
+    optional_path,
+    read_json,
+    step_main,
+    write_json,
+)
 
 STEP = "pseudo_label"
 
@@ -48,9 +56,7 @@ def _read_settings(ens: EnsembleConfig, source: str) -> Optional[dict]:
     if source == "gold":
         return None
     d = to_dict(ens)
-    if source == "ensemble":
-        d.pop("single")
-    return d
+    return ensemble_label_settings(d) if source == "ensemble" else d
 
 
 def run(ens: EnsembleConfig, *, source: str, splits_dir: Path, state_dir: Optional[Path], labels_dir: Path,
