@@ -6,7 +6,8 @@
   SmolLM2-135M with three LoRA experts; one expert (``auto`` merges it) gives HF generate's ids and the switch
   decoder's;
 * option scoring: ``option_logprobs(adapters=MultiAdapter)`` and the stacked ``members.option_logprobs_by_round``
-  within 1e-5 of each expert scored alone.
+  within 1e-5 of each expert scored alone; its merged way (each expert merged into the base in turn, the CPU
+  default) within 1e-4, with the base restored exactly after each expert (fp32 and bf16).
 """
 from __future__ import annotations
 
@@ -150,8 +151,11 @@ def test_multi_adapter_guards(tok, adapters):
         pass
 
 
-def test_option_logprobs_by_round_stacked_equals_one_member_at_a_time(tiny_assets, tmp_path, monkeypatch):
-    """The members path the evaluate and pseudo_label steps use: saved LoRA experts of the tiny-weak model."""
+@pytest.mark.parametrize("way, tol", [("stacked", TOL), ("merged", 1e-4)])
+def test_option_logprobs_by_round_equals_one_member_at_a_time(tiny_assets, tmp_path, monkeypatch, way, tol):
+    """The members path the evaluate and pseudo_label steps use: saved LoRA experts of the tiny-weak model, in
+    one stacked forward, or merged into the base one after another (fp32 rounding of W + s B A: a looser
+    tolerance)."""
     from ensemw2s import members as mem
     from ensemw2s.modeling import load_causal_lm, save_model
 
@@ -169,13 +173,39 @@ def test_option_logprobs_by_round_stacked_equals_one_member_at_a_time(tiny_asset
     from ensemw2s.data import read_jsonl
 
     rows = read_jsonl(assets.dataset_file("arc_easy", "test"))[:6]
-    stacked = mem.option_logprobs_by_round(experts, {"t": rows}, 4)
-    monkeypatch.setattr(mem, "STACK_MAX", 2)  # chunks of 2 + 1 experts
-    chunked = mem.option_logprobs_by_round(experts, {"t": rows}, 4)
+    together = mem.option_logprobs_by_round(experts, {"t": rows}, 4, way=way)
+    monkeypatch.setattr(mem, "STACK_MAX", 2)  # stacked: chunks of 2 + 1 experts
+    chunked = mem.option_logprobs_by_round(experts, {"t": rows}, 4, way=way)
     for e in experts:
         alone = mem.option_logprobs_by_round([e], {"t": rows}, 4)[e["round"]]["t"]
-        assert _max_diff(alone, stacked[e["round"]]["t"]) <= TOL
-        assert _max_diff(alone, chunked[e["round"]]["t"]) <= TOL
+        assert _max_diff(alone, together[e["round"]]["t"]) <= tol
+        assert _max_diff(alone, chunked[e["round"]]["t"]) <= tol
+    assert mem.scoring_way("cpu") == "merged" and mem.scoring_way("cuda") == "stacked"
+    with pytest.raises(ValueError, match="merged, stacked"):
+        mem.option_logprobs_by_round(experts, {"t": rows}, 4, way="fused")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merged_adapter_restores_the_base_exactly(tok, adapters, dtype):
+    """Merging then unmerging in bf16 does not give the base back by itself; merged_adapter does, so experts
+    merged one after another each see the original base. Inside, the forward is the merged model's."""
+    from ensemw2s.modeling import merged_adapter
+
+    model = load_lora_adapters(make_model(tok, 5).to(dtype), adapters, ["a", "b", "c"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("base_layer.weight")}
+    x = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        model.set_adapter("b")
+        unmerged = model(input_ids=x).logits.float()
+    for name in ("a", "b", "c"):
+        with merged_adapter(model, name), torch.inference_mode():
+            out = model(input_ids=x).logits.float()
+            if name == "b":
+                assert torch.allclose(out, unmerged, atol=1e-4 if dtype == torch.float32 else 0.1)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n].detach(), w) for n, w in before.items())
+    with pytest.raises(Exception, match="no LoRA layer"), merged_adapter(model, "zzz"):
+        pass
 
 
 @pytest.mark.slow

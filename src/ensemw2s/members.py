@@ -4,8 +4,8 @@
 - :func:`chosen_members`: rounds 1..T with T chosen on easy_val (never on a test set);
 - :func:`open_decoder`: an :class:`~ensemw2s.ensemble.EnsembleDecoder` over them (LoRA experts of one base
   share its weights and decode in one stacked forward);
-- :func:`option_logprobs_by_round`: every expert scored on every split given (LoRA experts of one base: in one
-  stacked forward over the base).
+- :func:`option_logprobs_by_round`: every expert scored on every split given (LoRA experts of one base: the
+  base loaded once; on a CPU each expert merged into it in turn, elsewhere all in one stacked forward).
 
 Used by the ``pseudo_label`` and ``evaluate`` steps.
 """
@@ -91,21 +91,52 @@ def open_decoder(members: list[dict], combine: str, batch_size: int, dtype=None)
     return EnsembleDecoder([m for m, _ in loaded], alphas, loaded[0][1], combine=combine, batch_size=batch_size)
 
 
+SCORING_WAYS = ("merged", "stacked")
+
+
+def scoring_way(device_type: str) -> str:
+    """How K LoRA experts of one base are scored, per call (docs/performance.md §1, benchmarks/bench_scoring.py):
+    ``merged`` (one expert after another, each merged into the base) where the forward is compute-bound, i.e. on
+    a CPU: there stacking gains nothing (K=3 SmolLM2 experts: 0.94-1.00 x one expert at a time in fp32,
+    0.83-0.84 x in bf16) and merging drops the LoRA term (1.05-1.12 x, 1.29-1.35 x; answers as one at a time);
+    ``stacked`` (all K in one forward, the base weights read once) on an accelerator, where the forward is bound
+    by reading the weights (not measured here: no GPU)."""
+    return "merged" if device_type == "cpu" else "stacked"
+
+
 def option_logprobs_by_round(members: list[dict], splits: dict[str, list[dict]], batch_size: int,
-                             dtype=None) -> dict[int, dict[str, dict]]:
+                             dtype=None, way: Optional[str] = None) -> dict[int, dict[str, dict]]:
     """Every member scored on every split given: ``{round: {split: {id: per-option token log-probs}}}``.
 
-    LoRA experts of one base: the base is loaded once with every adapter, and up to :data:`STACK_MAX` experts
-    are scored in ONE forward per batch (:class:`ensemw2s.modeling.MultiAdapter`); otherwise each member is
-    loaded and scored on its own."""
+    LoRA experts of one base: the base is loaded once with every adapter; ``way`` (default
+    :func:`scoring_way` of the device): ``merged`` = each expert merged into the base in turn
+    (:func:`ensemw2s.modeling.merged_adapter`, the base restored exactly after each), ``stacked`` = up to
+    :data:`STACK_MAX` experts in ONE forward per batch (:class:`ensemw2s.modeling.MultiAdapter`). Otherwise each
+    member is loaded and scored on its own."""
     from ensemw2s.evaluation import option_logprobs
-    from ensemw2s.modeling import MultiAdapter, load_causal_lm, load_lora_adapters, load_saved
+    from ensemw2s.modeling import (
+        MultiAdapter,
+        load_causal_lm,
+        load_lora_adapters,
+        load_saved,
+        merged_adapter,
+        torch_device,
+    )
 
     out: dict[int, dict[str, dict]] = {}
     if len(members) > 1 and shared_lora_base(members):
+        way = way or scoring_way(torch_device().type)
+        if way not in SCORING_WAYS:
+            raise ValueError(f"way must be one of {', '.join(SCORING_WAYS)}; got {way!r}")
         base, tok = load_causal_lm(members[0]["base_model"], dtype=dtype)
         names = [f"round_{m['round']}" for m in members]
         model = load_lora_adapters(base, [m["path"] for m in members], names)
+        if way == "merged":
+            for m, name in zip(members, names):
+                with merged_adapter(model, name):
+                    out[m["round"]] = {split: option_logprobs(model, tok, rows, batch_size=batch_size)
+                                       for split, rows in splits.items()}
+            return out
         for i in range(0, len(members), STACK_MAX):
             multi = MultiAdapter(model, names[i: i + STACK_MAX])
             for name, rows in splits.items():
