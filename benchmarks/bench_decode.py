@@ -22,9 +22,10 @@ with its own small random LoRA adapter (r=16 on all projections, lora_B ~ N(0, 0
   K = 3 on 2 questions; (c') a batched no-cache variant (one left-padded batch of 4 questions, full prefix
   every token). Both only decode 8 new tokens (their cost grows with the prefix, so this favours them); their
   per-token rates are compared with (m)'s over all questions and 32 tokens.
-* option scoring, K = 3, ARC-Easy test questions: each expert alone (base + its adapter, one forward per
-  expert: what ``option_logprobs_by_round`` did before), stacked (one forward for the 3), and each expert
-  merged into its own copy of the base.
+
+Rows (w) and (s' = peft's mixed batches) run only with ``ENSEMW2S_BENCH_DECODE_EXTRA=1`` (about 2.5 min more):
+they compared the stacked decoder with the paths it replaced and chose our grouped matmul over peft's (recorded
+in docs/performance.md §1). Option scoring of K LoRA experts is measured by benchmarks/bench_scoring.py.
 
 All decoders run at the pipeline's batch size (16). EOS is disabled everywhere (tokenizer without EOS,
 ``generation_config.eos_token_id = None``), so every method decodes exactly ``new`` tokens per question and
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -51,11 +53,11 @@ import _common as C
 MODEL = "smollm2-135m"
 N_Q, NEW, BATCH = (4, 4, 2) if C.QUICK else (64, 32, 16)
 KS = (1, 2) if C.QUICK else (1, 3, 5)
-K_NAIVE = 2 if C.QUICK else 3  # also the K of the switch decoder, peft's mixed batches and option scoring
+K_NAIVE = 2 if C.QUICK else 3  # also the K of the switch decoder and peft's mixed batches
 N_REF = 1 if C.QUICK else 2  # questions for (c), one prompt at a time
 N_NOCACHE = 2 if C.QUICK else 4  # questions for (c')
 NEW_NAIVE = 4 if C.QUICK else 8  # new tokens for (c) and (c'): short prefixes, which favours them
-N_SCORE = 4 if C.QUICK else 64  # questions for option scoring
+EXTRA = os.environ.get("ENSEMW2S_BENCH_DECODE_EXTRA", "0") == "1"  # rows (w) and (s'): see the docstring
 LORA_STD = 0.005
 
 
@@ -152,54 +154,6 @@ def _nocache_batched(models, weights, tok, prompts, new):
     return ids[:, -new:].tolist()
 
 
-def _score(spec: dict) -> dict:
-    """Option scoring of K LoRA experts: 'alone' (base + one adapter, one forward per expert), 'stacked' (one
-    forward for all K) or 'merged' (each expert merged into its own base copy)."""
-    import torch
-
-    from ensemw2s.data import format_prompt
-    from ensemw2s.evaluation import option_logprobs
-    from ensemw2s.modeling import MultiAdapter, load_lora_adapters
-
-    mode, K = spec["mode"], spec["K"]
-    adapters = spec["adapters"][:K]
-    rows = C.arc_rows(spec["n"], "test")
-    t0 = time.perf_counter()
-    if mode == "score_stacked":
-        base, tok = _load_base()
-        names = [f"e{k}" for k in range(K)]
-        model = load_lora_adapters(base, adapters, names)
-        multi = MultiAdapter(model, names)
-        models = [model]
-
-        def fn(rs):
-            return option_logprobs(model, tok, rs, batch_size=BATCH, adapters=multi)
-    else:
-        from peft import PeftModel
-
-        if mode == "score_alone":
-            models = []
-            for a in adapters:
-                base, tok = _load_base()
-                models.append(PeftModel.from_pretrained(base, a).eval())
-        else:
-            loaded = [_merged(a) for a in adapters]
-            models, tok = [m for m, _ in loaded], loaded[0][1]
-
-        def fn(rs):
-            return [option_logprobs(m, tok, rs, batch_size=BATCH) for m in models]
-    load_s = time.perf_counter() - t0
-    fn(rows[:2])  # warm-up
-    t0 = time.perf_counter()
-    lps = fn(rows)
-    seconds = time.perf_counter() - t0
-    n_tok = sum(len(tok(format_prompt(r), add_special_tokens=True)["input_ids"]) for r in rows)
-    return {"mode": mode, "K": K, "n": len(rows), "seconds": seconds, "load_s": load_s,
-            "questions_s": len(rows) / seconds, "prompt_tokens": n_tok, "weights_bytes": _param_bytes(models),
-            "threads": torch.get_num_threads(),
-            "lp": [[lp[r["id"]] for r in rows] for lp in lps]}
-
-
 def child(spec: dict) -> dict:
     C.quiet_hf()
     import torch
@@ -208,8 +162,6 @@ def child(spec: dict) -> dict:
 
     rss0 = C.rss_bytes()
     mode, K, n, new, batch = spec["mode"], spec["K"], spec["n"], spec["new"], spec["batch"]
-    if mode.startswith("score_"):
-        return _score(spec)
     adapters = spec["adapters"][:K]
     alphas = [1.0 + 0.25 * k for k in range(K)]  # unequal weights, like boosting's
     prompts = C.arc_prompts(n)
@@ -293,11 +245,6 @@ def make_adapters(out: Path, K: int) -> list[str]:
 # ------------------------------------------------------------------------------------------ parent side
 
 
-def _max_diff(a, b) -> float:
-    """Largest difference between two experts' option scores ([question][option][token])."""
-    return max((abs(x - y) for qa, qb in zip(a, b) for oa, ob in zip(qa, qb) for x, y in zip(oa, ob)), default=0.0)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -316,27 +263,23 @@ def main() -> int:
         def run(key, **spec):
             r = C.run_child(Path(__file__), {**base, **spec})
             runs[key] = r
-            if "tok_s" in r:
-                print(f"  {key:16s} {r['tok_s']:8.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s, "
-                      f"load {r['load_s']:.1f} s)", flush=True)
-            else:
-                print(f"  {key:16s} {r['questions_s']:8.2f} questions/s  ({r['n']} questions x {r['K']} experts in "
-                      f"{r['seconds']:.1f} s, load {r['load_s']:.1f} s)", flush=True)
+            print(f"  {key:16s} {r['tok_s']:8.1f} tok/s  ({r['tokens']} tokens in {r['seconds']:.1f} s, "
+                  f"load {r['load_s']:.1f} s)", flush=True)
             return r
 
         run("hf", mode="hf", K=1)
         for K in KS:
             run(f"stacked_K{K}", mode="stacked", K=K)
             run(f"merged_K{K}", mode="merged", K=K)
-        run(f"switch_K{K_NAIVE}", mode="switch", K=K_NAIVE)
+        if EXTRA:
+            run(f"switch_K{K_NAIVE}", mode="switch", K=K_NAIVE)
         # the compute ceiling of stacking: one model over the stacked batch's rows (K_NAIVE x BATCH, each prompt
         # K_NAIVE times); stacked K experts cannot beat this rate / K (same rows, the LoRA terms on top)
         run(f"hfrows_K{K_NAIVE}", mode="hf", K=1, batch=BATCH * K_NAIVE, repeat=K_NAIVE)
-        run(f"stackedpeft_K{K_NAIVE}", mode="stacked", K=K_NAIVE, impl="peft")
+        if EXTRA:
+            run(f"stackedpeft_K{K_NAIVE}", mode="stacked", K=K_NAIVE, impl="peft")
         run(f"ref_K{K_NAIVE}", mode="ref", K=K_NAIVE, n=N_REF, new=NEW_NAIVE)
         run(f"nocache_K{K_NAIVE}", mode="nocache", K=K_NAIVE, n=N_NOCACHE, batch=N_NOCACHE, new=NEW_NAIVE)
-        for m in ("alone", "stacked", "merged"):
-            run(f"score_{m}_K{K_NAIVE}", mode=f"score_{m}", K=K_NAIVE, n=N_SCORE)
         # the single-model baseline again at the end: the children run one after the other, so a load change on a
         # shared machine moves the baseline; the faster of the two runs is the one the ratios use
         run("hf_end", mode="hf", K=1)
@@ -352,21 +295,19 @@ def main() -> int:
         runs[key]["same_ids_as_merged"] = same(key, f"merged_K{kn}")
     for K in KS:
         runs[f"stacked_K{K}"]["same_ids_as_merged"] = same(f"stacked_K{K}", f"merged_K{K}")
-    runs[f"stacked_K{kn}"]["same_ids_as_switch"] = same(f"stacked_K{kn}", f"switch_K{kn}")
-    runs[f"stackedpeft_K{kn}"]["same_ids_as_switch"] = same(f"stackedpeft_K{kn}", f"switch_K{kn}")
+    if EXTRA:
+        runs[f"stacked_K{kn}"]["same_ids_as_switch"] = same(f"stacked_K{kn}", f"switch_K{kn}")
+        runs[f"stackedpeft_K{kn}"]["same_ids_as_switch"] = same(f"stackedpeft_K{kn}", f"switch_K{kn}")
     runs["stacked_K1"]["same_ids_as_hf"] = same("stacked_K1", "hf")
     runs["merged_K1"]["same_ids_as_hf"] = same("merged_K1", "hf")
-    alone = runs[f"score_alone_K{kn}"]["lp"]
-    for m in ("stacked", "merged"):
-        r = runs[f"score_{m}_K{kn}"]
-        r["max_abs_diff_vs_alone"] = max(_max_diff(a, b) for a, b in zip(alone, r["lp"]))
 
     hf = runs["hf"]["tok_s"]
     lens = runs["hf"]
     print(f"\nbench_decode: {MODEL} fp32, {N_Q} ARC-Easy test prompts (mean {lens['prompt_len_mean']:.0f}, max "
           f"{lens['prompt_len_max']} tokens), {NEW} new tokens, batch {BATCH}, {runs['hf']['threads']} threads; "
-          f"stacked K=1 gives HF's token ids for {runs['stacked_K1']['same_ids_as_hf']:.0%} of prompts, "
-          f"stacked K={kn} the switch decoder's for {runs[f'stacked_K{kn}']['same_ids_as_switch']:.0%}")
+          f"stacked K=1 gives HF's token ids for {runs['stacked_K1']['same_ids_as_hf']:.0%} of prompts"
+          + (f", stacked K={kn} the switch decoder's for {runs[f'stacked_K{kn}']['same_ids_as_switch']:.0%}"
+             if EXTRA else ""))
     verdicts = {}
     rows = []
     for K in KS:
@@ -389,23 +330,26 @@ def main() -> int:
         rows.append([f"(m) today: K={K} merged models", me["tok_s"], me["tok_s"] / hf,
                      f"{ratio:.2f} x HF/K {C.verdict(ratio >= 0.8)}", 1.0, mem / 2**20, bound / 2**20, mem / bound,
                      "", ""])
-    sw, sp = runs[f"switch_K{kn}"], runs[f"stackedpeft_K{kn}"]
     st = runs[f"stacked_K{kn}"]
-    rows.append([f"(w) today: K={kn} switch LoRA", sw["tok_s"], sw["tok_s"] / hf, "",
-                 sw["tok_s"] / runs[f"merged_K{kn}"]["tok_s"], (sw["weights_bytes"] + (sw["decode_peak_extra"] or 0))
-                 / 2**20, (sw["weights_bytes"] + sw["kv_bytes"]) / 2**20, "", "", ""])
-    rows.append([f"(s') stacked K={kn}, peft mixed batches", sp["tok_s"], sp["tok_s"] / hf, "",
-                 sp["tok_s"] / runs[f"merged_K{kn}"]["tok_s"], "", "", "", "", f"{sp['same_ids_as_merged']:.0%}"
-                 if "same_ids_as_merged" in sp else ""])
+    extra_title = ""
+    if EXTRA:
+        sw, sp = runs[f"switch_K{kn}"], runs[f"stackedpeft_K{kn}"]
+        rows.append([f"(w) today: K={kn} switch LoRA", sw["tok_s"], sw["tok_s"] / hf, "",
+                     sw["tok_s"] / runs[f"merged_K{kn}"]["tok_s"],
+                     (sw["weights_bytes"] + (sw["decode_peak_extra"] or 0)) / 2**20,
+                     (sw["weights_bytes"] + sw["kv_bytes"]) / 2**20, "", "", ""])
+        rows.append([f"(s') stacked K={kn}, peft mixed batches", sp["tok_s"], sp["tok_s"] / hf, "",
+                     sp["tok_s"] / runs[f"merged_K{kn}"]["tok_s"], "", "", "", "", ""])
+        extra_title = (f"; stacked / switch at K={kn} = {st['tok_s'] / sw['tok_s']:.2f}, grouped / peft's mixed "
+                       f"batches = {st['tok_s'] / sp['tok_s']:.2f}")
     rows.append(["(b) HF generate, 1 model", hf, 1.0, "", "", "", "", "", "", ""])
     hr = runs[f"hfrows_K{kn}"]
     rows.append([f"(b') HF generate, 1 model, {kn}x{BATCH} rows, / {kn}", hr["tok_s"] / kn, hr["tok_s"] / kn / hf,
                  f"stacked = {st['tok_s'] / (hr['tok_s'] / kn):.2f} x this", "", "", "", "", "", ""])
     print(C.table(["decoder", "tok/s", "/ single", "K=3 >= 0.5", "/ merged", "mem MiB", "w+KV MiB", "ratio",
                    "<=1.25", "ids = merged"], rows,
-                  title=f"\ntokens/s side by side; stacked vs today's decoders: stacked / switch at K={kn} = "
-                        f"{st['tok_s'] / sw['tok_s']:.2f}, grouped / peft's mixed batches = "
-                        f"{st['tok_s'] / sp['tok_s']:.2f}; memory = weights + measured peak extra during decode"))
+                  title=f"\ntokens/s side by side{extra_title}; memory = weights + measured peak extra during "
+                        "decode"))
 
     ref, noc = runs[f"ref_K{kn}"], runs[f"nocache_K{kn}"]
     ours_n = runs[f"merged_K{kn}"]
@@ -420,25 +364,15 @@ def main() -> int:
                     C.verdict(r_noc >= 5), f"{noc['same_ids_as_merged']:.0%}"]],
                   title=f"\n(m) vs (c): per-token rates (ours = K merged models on all {N_Q} questions)"))
 
-    rows = []
-    sa = runs[f"score_alone_K{kn}"]
-    for m in ("alone", "stacked", "merged"):
-        r = runs[f"score_{m}_K{kn}"]
-        rows.append([m, r["questions_s"], r["questions_s"] / sa["questions_s"], r["load_s"], r["weights_bytes"] / 2**20,
-                     r.get("max_abs_diff_vs_alone", 0.0)])
-    print(C.table([f"option scoring, K={kn} experts", "questions/s", "/ alone", "load s", "weights MiB",
-                   "max |d logp| vs alone"], rows,
-                  title=f"\noption scoring of {N_SCORE} ARC-Easy test questions by {kn} LoRA experts (batch {BATCH})"))
     total = time.perf_counter() - t_all
     print(f"load average at the end: {C.loadavg()} (1/5/15 min; {C.machine()['nproc']} CPUs)")
     print(f"\nbench_decode finished in {total:.0f} s; targets: "
           + ", ".join(f"{k} {C.verdict(v)}" for k, v in verdicts.items() if v is not None))
     for r in runs.values():
         r.pop("ids", None)
-        r.pop("lp", None)
     path = C.save("bench_decode", {"runs": runs, "verdicts": verdicts, "seconds": total,
                                    "settings": {"n": N_Q, "new": NEW, "batch": BATCH, "ks": KS, "k_naive": kn,
-                                                "n_score": N_SCORE}})
+                                                "extra": EXTRA}})
     print(f"results: {path}")
     return 0
 

@@ -17,7 +17,7 @@ fp32 and bf16 alternate, best of ``REPS`` each (side by side in one process, so 
 Accuracy (bf16 vs fp32 on the same questions): option log-likelihood accuracy of the base model
 (``evaluation.option_logprobs``, the pipeline's ``ll`` metric) on 300 ARC-Easy test questions, the paired
 difference with a 95 % bootstrap interval and the McNemar p-value, how many questions change their answer; and
-decode agreement: greedy continuations (32 new tokens, EOS off) of 64 ARC-Easy test prompts, share identical
+decode agreement: greedy continuations (32 new tokens, EOS off) of 32 ARC-Easy test prompts, share identical
 to fp32 and mean length of the common prefix.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ N_FWD, FWD_BATCH = (4, 2) if C.QUICK else (32, 16)
 N_DEC, NEW_DEC = (2, 2) if C.QUICK else (16, 16)
 SFT_BATCH, SFT_LEN, SFT_STEPS = (2, 64, 2) if C.QUICK else (8, 192, 3)
 N_ACC = 8 if C.QUICK else int(os.environ.get("ENSEMW2S_BENCH_DTYPE_QUESTIONS", "300"))
-N_AGREE, NEW_AGREE = (2, 4) if C.QUICK else (64, 32)
+N_AGREE, NEW_AGREE = (2, 4) if C.QUICK else (32, 32)
 DTYPES = ("float32", "bfloat16")
 
 

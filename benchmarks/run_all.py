@@ -1,4 +1,4 @@
-"""``make bench``: run benchmarks 1-5 one after the other, then print one table of every ratio and target.
+"""``make bench``: run every benchmark one after the other, then print one table of every ratio and target.
 
 Each benchmark runs in its own interpreter (its printout streams through) and writes
 ``build/bench/<name>.json``; the summary below is computed from those files, and only from files written by
@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 
-BENCHES = ("decode", "train", "pipeline", "scaling", "dtype")
+BENCHES = ("decode", "scoring", "train", "pipeline", "scaling", "dtype")
 
 
 def _load(name: str, since: float) -> dict | None:
@@ -45,6 +45,9 @@ def summary_rows(res: dict) -> list[list]:
                              ">= 0.5" if K == kn else "report", ratio >= 0.5 if K == kn else None))
             rows.append(_row(f"1 decode K={K}: stacked LoRA / today's decoder (K merged models)",
                              st["tok_s"] / me["tok_s"], "report", None))
+            if "same_ids_as_merged" in st:
+                rows.append(_row(f"1 decode K={K}: stacked token ids = K merged models' (share of prompts)",
+                                 st["same_ids_as_merged"], "= 1", st["same_ids_as_merged"] == 1.0))
             if st.get("decode_peak_extra") is not None:
                 mem = (st["weights_bytes"] + st["decode_peak_extra"]) / (st["weights_bytes"] + st["kv_bytes"])
                 rows.append(_row(f"1 decode K={K}: stacked peak memory / (base + K adapters + KV)", mem,
@@ -68,15 +71,27 @@ def summary_rows(res: dict) -> list[list]:
             if key in runs:
                 ratio = runs[f"merged_K{kn}"]["tok_s"] / runs[key]["tok_s"]
                 rows.append(_row(f"1 decode K={kn}: ours / {label}", ratio, ">= 5", ratio >= 5))
-        alone = runs.get(f"score_alone_K{kn}")
-        for m in ("stacked", "merged"):
-            r = runs.get(f"score_{m}_K{kn}")
-            if alone and r:
-                rows.append(_row(f"1 option scoring K={kn}: {m} / one forward per expert (questions/s)",
-                                 r["questions_s"] / alone["questions_s"], "report", None))
-                rows.append(_row(f"1 option scoring K={kn}: {m} max |logp - alone|", r["max_abs_diff_vs_alone"],
-                                 "<= 1e-5" if m == "stacked" else "report",
-                                 r["max_abs_diff_vs_alone"] <= 1e-5 if m == "stacked" else None))
+    sc = res.get("scoring")
+    if sc:
+        k = sc["runs"]["float32"]["K"]
+        for r in sc["rows"]:
+            exact = r["dtype"] == "float32"
+            if exact and r["way"] == "alone":
+                continue  # the reference
+            label = f"1 option scoring K={k} {r['dtype']}: {r['way']}"
+            if r["way"] != "alone":
+                rows.append(_row(f"{label} / one expert at a time (questions/s)", r["vs_alone"], "report", None))
+            # fp32: stacked is the same arithmetic (1e-5); merging rounds W + s B A to fp32 (1e-4); bf16: report
+            bound = (1e-5 if r["way"] == "stacked" else 1e-4) if exact else None
+            rows.append(_row(f"{label} max |logp - fp32 one at a time|", r["max_diff_vs_fp32_alone"],
+                             f"<= {bound:g}" if bound else "report",
+                             r["max_diff_vs_fp32_alone"] <= bound if bound else None))
+            if not exact:
+                rows.append(_row(f"{label} answers changed vs fp32 (of {r['answers']})",
+                                 float(r["answers_changed_vs_fp32_alone"]), "report", None))
+            if r["weight_drift_after_unmerge"] is not None:
+                rows.append(_row(f"{label}: base weights restored after (max |W - W0|)",
+                                 r["weight_drift_after_unmerge"], "= 0", r["weight_drift_after_unmerge"] == 0))
     dt = res.get("dtype")
     if dt:
         for r in dt["runs"]:
