@@ -13,7 +13,7 @@ holding the K adapters over one base:
   (``modeling.merged_adapter``: peft's ``merge_adapter``, then ``unmerge_adapter`` and the base weights written
   back from a copy): no LoRA term in the forward.
 
-Each way in float32 and in bfloat16 (a fresh interpreter per dtype; the ways alternate, best of ``REPS``).
+Each way in float32 and in bfloat16 (a fresh interpreter per dtype, after a warm-up; with ``ENSEMW2S_BENCH_SCORING_REPS=n`` the ways alternate n times, best of n).
 Accuracy against float32 ``alone`` (the reference: unmerged, full precision): largest |difference| of the
 token log-probs, and how many per-expert answers (length-normalised log-likelihood choice, one per expert
 per question) change. Merging in bf16 rounds the LoRA update into bf16 weights (peft's unmerge alone then
@@ -42,7 +42,7 @@ MODEL = "smollm2-135m"
 K = 2 if C.QUICK else 3
 N_SCORE = 4 if C.QUICK else 64
 BATCH = 16
-REPS = 1 if C.QUICK else 2
+REPS = 1 if C.QUICK else int(os.environ.get("ENSEMW2S_BENCH_SCORING_REPS", "1"))  # 2: the runs in docs §1
 LORA_STD = 0.0022
 DTYPES = ("float32", "bfloat16")
 WAYS = ("alone", "stacked", "merged")
