@@ -13,7 +13,8 @@ holding the K adapters over one base:
   (``modeling.merged_adapter``: peft's ``merge_adapter``, then ``unmerge_adapter`` and the base weights written
   back from a copy): no LoRA term in the forward.
 
-Each way in float32 and in bfloat16 (a fresh interpreter per dtype, after a warm-up; with ``ENSEMW2S_BENCH_SCORING_REPS=n`` the ways alternate n times, best of n).
+Each way in float32 and in bfloat16 (a fresh interpreter per dtype, after a warm-up; with
+``ENSEMW2S_BENCH_SCORING_REPS=n`` the ways alternate n times, best of n).
 Accuracy against float32 ``alone`` (the reference: unmerged, full precision): largest |difference| of the
 token log-probs, and how many per-expert answers (length-normalised log-likelihood choice, one per expert
 per question) change. Merging in bf16 rounds the LoRA update into bf16 weights (peft's unmerge alone then

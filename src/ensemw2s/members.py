@@ -98,7 +98,7 @@ def scoring_way(device_type: str) -> str:
     """How K LoRA experts of one base are scored, per call (docs/performance.md §1, benchmarks/bench_scoring.py):
     ``merged`` (one expert after another, each merged into the base) where the forward is compute-bound, i.e. on
     a CPU: there stacking gains nothing (K=3 SmolLM2 experts: 0.94-1.00 x one expert at a time in fp32,
-    0.83-0.84 x in bf16) and merging drops the LoRA term (1.05-1.12 x, 1.29-1.35 x; answers as one at a time);
+    0.74-0.84 x in bf16) and merging drops the LoRA term (1.05-1.13 x, 1.08-1.35 x; answers as one at a time);
     ``stacked`` (all K in one forward, the base weights read once) on an accelerator, where the forward is bound
     by reading the weights (not measured here: no GPU)."""
     return "merged" if device_type == "cpu" else "stacked"
