@@ -122,6 +122,33 @@ def arc_rows(n: int, split: str = "train") -> list[dict]:
     return read_jsonl(dataset_file("arc_easy", split))[:n]
 
 
+def random_lora_adapters(model: str, out: Path, k: int, std: float, seed: int) -> list[str]:
+    """``k`` random LoRA adapters of ``model`` saved under ``out`` (r=16, alpha 32, all projections, lora_B ~
+    N(0, std): lora_B starts at 0 in peft, so the copies would be the base itself), seeds ``seed``, ``seed``+1..."""
+    quiet_hf()
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ensemw2s.modeling import load_causal_lm
+
+    dirs = []
+    for i in range(k):
+        base, _ = load_causal_lm(model, dtype="float32")
+        torch.manual_seed(seed + i)
+        lora = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"]))
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, std)
+        d = Path(out) / f"adapter_{i}"
+        lora.save_pretrained(d)
+        dirs.append(str(d))
+        del lora, base
+    return dirs
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 
@@ -161,6 +188,20 @@ def save(name: str, payload: dict) -> Path:
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
     path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     return path
+
+
+def answer_as_child(doc: str, child) -> bool:
+    """The child side of :func:`run_child`: with ``--child '<json>'`` print ``child(spec)`` as one JSON line and
+    return True (the script then exits); without it return False (the script is the parent)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child is None:
+        return False
+    print(json.dumps(child(json.loads(args.child))), flush=True)
+    return True
 
 
 def run_child(script: Path, spec: dict, *, timeout: float = 900) -> dict:

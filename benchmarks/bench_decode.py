@@ -38,9 +38,7 @@ batches decode one after the other).
 """
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -218,45 +216,17 @@ def child(spec: dict) -> dict:
             "threads": torch.get_num_threads(), "ids": ids}
 
 
-def make_adapters(out: Path, K: int) -> list[str]:
-    """K random LoRA adapters of the base (r=16, all projections, lora_B ~ N(0, LORA_STD))."""
-    C.quiet_hf()
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    dirs = []
-    for k in range(K):
-        base, _ = _load_base()
-        torch.manual_seed(100 + k)
-        model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                "gate_proj", "up_proj", "down_proj"]))
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0.0, LORA_STD)
-        d = out / f"adapter_{k}"
-        model.save_pretrained(d)
-        dirs.append(str(d))
-        del model, base
-    return dirs
-
-
 # ------------------------------------------------------------------------------------------ parent side
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))), flush=True)
+    if C.answer_as_child(__doc__, child):
         return 0
 
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ensemw2s-bench-decode-") as tmp:
         print(f"making {max(KS)} random LoRA adapters of {MODEL} ...", flush=True)
-        adapters = make_adapters(Path(tmp), max(KS))
+        adapters = C.random_lora_adapters(MODEL, Path(tmp), max(KS), LORA_STD, seed=100)
         base = {"n": N_Q, "new": NEW, "batch": BATCH, "adapters": adapters}
         runs: dict[str, dict] = {}
 

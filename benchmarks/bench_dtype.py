@@ -22,8 +22,6 @@ to fp32 and mean length of the common prefix.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -182,11 +180,7 @@ def child(model_name: str) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(child(json.loads(args.child)["model"])), flush=True)
+    if C.answer_as_child(__doc__, lambda spec: child(spec["model"])):
         return 0
     t_all = time.perf_counter()
     runs = []

@@ -28,8 +28,6 @@ default pipeline trains, measured on a ``make run`` of 2026-12-01), or real ones
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -101,31 +99,6 @@ def child(spec: dict) -> dict:
             "answers": [r["answer_index"] for r in rows]}
 
 
-def make_adapters(out: Path, k: int) -> list[str]:
-    """``k`` random LoRA adapters of the base (r=16, all projections, lora_B ~ N(0, LORA_STD))."""
-    C.quiet_hf()
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from ensemw2s.modeling import load_causal_lm
-
-    dirs = []
-    for i in range(k):
-        base, _ = load_causal_lm(MODEL, dtype="float32")
-        torch.manual_seed(200 + i)
-        model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                "gate_proj", "up_proj", "down_proj"]))
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0.0, LORA_STD)
-        d = out / f"adapter_{i}"
-        model.save_pretrained(d)
-        dirs.append(str(d))
-    return dirs
-
-
 def _choices(lp_questions) -> list[int]:
     """Per-question length-normalised log-likelihood choice of one expert."""
     return [max(range(len(q)), key=lambda k: sum(q[k]) / max(1, len(q[k]))) for q in lp_questions]
@@ -161,11 +134,7 @@ def compare(runs: dict) -> list[dict]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))), flush=True)
+    if C.answer_as_child(__doc__, child):
         return 0
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ensemw2s-bench-scoring-") as tmp:
@@ -173,7 +142,8 @@ def main() -> int:
             adapters, source = REAL, f"real adapters {REAL}"
         else:
             print(f"making {K} random LoRA adapters of {MODEL} ...", flush=True)
-            adapters, source = make_adapters(Path(tmp), K), f"random adapters (lora_B ~ N(0, {LORA_STD}))"
+            adapters = C.random_lora_adapters(MODEL, Path(tmp), K, LORA_STD, seed=200)
+            source = f"random adapters (lora_B ~ N(0, {LORA_STD}))"
         runs = {}
         for dt in DTYPES:
             runs[dt] = C.run_child(Path(__file__), {"dtype": dt, "adapters": adapters, "n": N_SCORE, "reps": REPS})
