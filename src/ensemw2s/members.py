@@ -132,9 +132,10 @@ def option_logprobs_by_round(members: list[dict], splits: dict[str, list[dict]],
         names = [f"round_{m['round']}" for m in members]
         model = load_lora_adapters(base, [m["path"] for m in members], names)
         if way == "merged":
-            for m, name in zip(members, names):
-                with merged_adapter(model, name):
-                    out[m["round"]] = {split: option_logprobs(model, tok, rows, batch_size=batch_size)
+            for i, (m, name) in enumerate(zip(members, names), 1):
+                with merged_adapter(model, name):  # the progress bar says which expert of how many
+                    out[m["round"]] = {split: option_logprobs(model, tok, rows, batch_size=batch_size,
+                                                              desc=f"option scoring {split}, expert {i}/{len(members)}")
                                        for split, rows in splits.items()}
             return out
         for i in range(0, len(members), STACK_MAX):
