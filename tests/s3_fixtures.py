@@ -3,7 +3,8 @@
 ``s3_server`` (session): a SeaweedFS started with ``ensemw2s.s3server.serve`` in a temporary home and
 stopped at the end of the session; or, when ``ENSEMW2S_TEST_S3_ENDPOINT`` is set (CI may start one), that
 endpoint with ``ENSEMW2S_TEST_S3_ACCESS_KEY`` / ``ENSEMW2S_TEST_S3_SECRET_KEY`` (falling back to
-``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``).
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` of the shell that started pytest, which tests/isolation.py
+keeps out of the tests' own environment).
 ``s3_env`` (function): S3_ENDPOINT_URL / AWS_* set in the environment to reach that server.
 ``store`` (function): a checked :class:`ensemw2s.storage.Store` on a fresh bucket, emptied and removed after.
 ``store_factory`` (function): ``store_factory(**StorageConfig fields)`` for more stores on fresh buckets.
@@ -45,8 +46,10 @@ def unique_bucket() -> str:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     external = os.environ.get("ENSEMW2S_TEST_S3_ENDPOINT")
     if external:
-        ak = os.environ.get("ENSEMW2S_TEST_S3_ACCESS_KEY") or os.environ.get("AWS_ACCESS_KEY_ID")
-        sk = os.environ.get("ENSEMW2S_TEST_S3_SECRET_KEY") or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        from isolation import SAVED_ENV  # the suite removed the shell's AWS keys from its environment
+
+        ak = os.environ.get("ENSEMW2S_TEST_S3_ACCESS_KEY") or SAVED_ENV.get("AWS_ACCESS_KEY_ID")
+        sk = os.environ.get("ENSEMW2S_TEST_S3_SECRET_KEY") or SAVED_ENV.get("AWS_SECRET_ACCESS_KEY")
         if not (ak and sk):
             pytest.fail("ENSEMW2S_TEST_S3_ENDPOINT is set but no keys: set ENSEMW2S_TEST_S3_ACCESS_KEY and "
                         "ENSEMW2S_TEST_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
