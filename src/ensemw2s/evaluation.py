@@ -15,6 +15,7 @@ import numpy as np
 
 from ensemw2s.boosting import normalise_alphas
 from ensemw2s.data import format_prompt, match_choice
+from ensemw2s.diagnostics import diagnostics_metrics, render_diagnostics
 from ensemw2s.stats import paired_test
 from ensemw2s.training import Encoded, encode_pair, teacher_forced
 
@@ -237,6 +238,7 @@ def build_metrics(preds: Sequence[dict], *, primary: str, extra: dict) -> dict:
             if res:
                 for k, v in res.items():
                     m[f"paired_{name}_{tag}_{k}"] = v
+    m.update(diagnostics_metrics(preds, method=primary))
     m.update(extra)
     return m
 
@@ -310,6 +312,7 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
     lines += [f"- {line}" for line in paired_lines(metrics)]
     if plot_name:
         lines += ["", f"![accuracy by round]({plot_name})"]
+    lines += [""] + render_diagnostics(metrics)
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,8 @@
 """CPU smoke test: every step's main() in order on configs/tiny.yaml, on local folders (no storage)."""
 import json
 
+import pytest
+
 from ensemw2s.steps import (
     evaluate,
     keys,
@@ -66,6 +68,7 @@ def test_steps_in_order(repo_root, tiny_assets, tmp_path):
                                            "student_ensemble", "ceiling", "ensemble_r1", "ensemble_r2"}
     # weak_single is the train_single expert, not the round-1 expert: recompute both here
     _check_weak_single(d, preds)
+    _check_diagnostics(d, metrics, preds, rounds)
     assert all(set(p) >= {"id", "model", "output", "chosen", "correct"} for p in preds)
 
 
@@ -89,6 +92,22 @@ def _check_single_expert(cfg, d):
     # exactly one of --round and --single
     assert train_expert.main(cfg + ["--single", "--round", "1", "--splits", str(d / "splits"), "--state",
                                     str(d / "state0"), "--expert", str(d / "bad")]) == 2
+
+
+def _check_diagnostics(d, metrics, preds, rounds):
+    """Each expert alone is stored (round 1's equals the weak_round1 baseline: the same expert) and the report
+    has the diagnostics: disagreement from those predictions, D_1 uniform (ESS 1), resample draws a share."""
+    from ensemw2s.diagnostics import disagreement
+
+    def chosen(model):
+        return {p["id"]: p["chosen"] for p in preds if p["model"] == model and p["split"] == "hard_test"}
+
+    assert chosen("expert_r1") == chosen("weak_round1")
+    assert metrics["diag_rounds"] == list(range(1, rounds + 1))
+    assert metrics["disagree_r1_r2_ood"] == disagreement(preds, "expert_r1", "expert_r2", "hard_test")
+    assert metrics["weights_ess"][0] == pytest.approx(1.0) and 0 < metrics["weights_ess"][-1] <= 1
+    assert all(0 < f < 1 for f in metrics["drawn_fraction"])  # resample mode: some tokens are never drawn
+    assert "## Expert diagnostics" in (d / "report" / "report.md").read_text()
 
 
 def _check_weak_single(d, preds):

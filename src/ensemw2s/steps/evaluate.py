@@ -5,7 +5,8 @@ train_single expert, fine-tuned on all of easy_train, with the round-1 expert al
 ``round1`` the round-1 expert, with the train_single expert as ``weak_full``), the EnsemW2S ensemble (``ensemble``: every
 expert with alpha > 0, or rounds 1..T with T chosen on easy_val when ``ensemble.select_rounds`` is ``val``), the
 same experts with equal weights (``ensemble_uniform``) and every prefix ensemble of rounds 1..t
-(``ensemble_r{t}``); option log-likelihood only for the last two: each expert's token log-probs are computed
+(``ensemble_r{t}``) and each boosting expert alone (``expert_r{t}``, also on easy_val when it is scored; for the
+diagnostics of :mod:`ensemw2s.diagnostics`); option log-likelihood only for the last three: each expert's token log-probs are computed
 once and mixed. ``--target student-<source>``: one trained student
 (``student_single``, ``student_ensemble`` or ``ceiling``). Output ``eval/``: ``predictions.jsonl``
 ``{id, model, split, method, output, chosen, correct}`` and ``eval.json`` (accuracies, timings).
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ensemw2s.config import EnsembleConfig, EvalConfig, StorageConfig, config_hash
+from ensemw2s.diagnostics import expert_name
 from ensemw2s.members import (
     chosen_members,
     ensemble_members,
@@ -96,6 +98,10 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
             lp_val={m["round"]: lp[m["round"]]["easy_val"] for m in active} if "easy_val" in scored else None,
             dtype=dtype)
         info.update(selection)
+        # each boosting expert alone on every scored split: the diagnostics (disagreement, oracle) read these
+        for s, rows in scored.items():
+            for t in sorted(r for r in by_round if r >= 1):
+                preds += loglik_predictions(rows, [lp[t][s]], [1.0], expert_name(t), s)
         for s, rows in tests.items():
             preds += loglik_predictions(rows, [lp[baseline["round"]][s]], [1.0], "weak_single", s)
             other = ("weak_round1", 1) if ens.single == "full" else ("weak_full", 0)
@@ -120,6 +126,8 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         info["eps"] = [e["eps"] for e in state["experts"]]
         info["eps_prior"] = [e["eps_prior"] for e in state["experts"]]
         info["active_rounds"] = [m["round"] for m in active]
+        info["weights_ess"] = [e.get("weights_ess") for e in state["experts"]]
+        info["drawn_fraction"] = [e.get("drawn_fraction") for e in state["experts"]]
         info["single"] = {"definition": ens.single, "train_single": full["info"]}
         info["weak_model"] = state["weak_model"]
     else:
@@ -146,7 +154,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
     write_jsonl(out_dir / "predictions.jsonl", preds)
     write_json(out_dir / "eval.json", info)
     io.publish({"eval": out_dir}, message=", ".join(f"{k}={v:.3f}" for k, v in summary.items()
-                                                     if not k.startswith("ensemble_r")))
+                                                     if not k.startswith(("ensemble_r", "expert_r"))))
     return info
 
 

@@ -48,6 +48,7 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
     exp = infos["experts"]
     metrics_extra = {"seed": seed, "rounds": rounds, "primary": ev.primary, "run_id": run_id,
                      "alphas": exp["alphas"], "eps": exp["eps"], "eps_prior": exp["eps_prior"],
+                     "weights_ess": exp.get("weights_ess"), "drawn_fraction": exp.get("drawn_fraction"),
                      "active_rounds": exp["active_rounds"], "chosen_rounds": exp.get("chosen_rounds"),
                      "val_acc_by_round": exp.get("val_acc_by_round"),
                      "eval_seconds": {t: i["seconds"] for t, i in infos.items()}, **(extra or {})}

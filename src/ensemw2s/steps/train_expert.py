@@ -50,6 +50,7 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
 
     from ensemw2s import boosting
     from ensemw2s.data import read_jsonl, write_jsonl
+    from ensemw2s.diagnostics import weight_stats
     from ensemw2s.modeling import dtype_key, load_saved, tokenizer_signature
     from ensemw2s.training import encode_rows, teacher_forced, train_sft
 
@@ -123,7 +124,9 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     eps_prior = boosting.token_error(flat_w, base_wrong)
     alpha = boosting.expert_alpha(eps, boosting_cfg.alpha_rule, vocab_size=state["vocab_size"], eps_prior=eps_prior)
     meta.update({"eps": eps, "eps_prior": eps_prior, "alpha": alpha, "skipped": alpha <= 0,
-                 "unweighted_token_error": float(wrong.mean()), "lora": experts.lora.enabled, **stats})
+                 "unweighted_token_error": float(wrong.mean()), "lora": experts.lora.enabled, **stats,
+                 **weight_stats(flat_w, None if token_weights is None else np.concatenate(
+                     [np.asarray(token_weights[i], dtype=np.float64) for i in ids]))})
     if alpha <= 0:
         meta["reason"] = f"alpha {alpha:.4f} <= 0 ({boosting_cfg.on_nonpositive_alpha})"
     write_json(expert_dir / "expert.json", meta)

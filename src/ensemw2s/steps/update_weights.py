@@ -67,7 +67,8 @@ def run(boosting_cfg: BoostingConfig, *, round_: int, state_dir: Path, expert_di
             k += n
     entry = {"round": round_, "alpha": alpha, "eps": meta.get("eps"), "eps_prior": meta.get("eps_prior"),
              "skipped": bool(meta.get("skipped")), "step": keys.train_expert(round_), "output": "expert",
-             "path": str(expert_dir), "lora": meta.get("lora"), "base_model": meta.get("base_model")}
+             "path": str(expert_dir), "lora": meta.get("lora"), "base_model": meta.get("base_model"),
+             "weights_ess": meta.get("weights_ess"), "drawn_fraction": meta.get("drawn_fraction")}
     new_state = {**state, "round": round_ + 1, "stopped": stopped, "experts": state["experts"] + [entry]}
     write_jsonl(out_state_dir / "weights.jsonl", new_rows)
     write_json(out_state_dir / "state.json", new_state)
