@@ -209,6 +209,16 @@ def paired(preds: Sequence[dict], model_a: str, model_b: str, split: str, method
 # --------------------------------------------------------------------------- metrics + report
 
 
+# the paired differences of a run, ``paired_<name>_<id|ood>_<diff|ci_low|ci_high|n|mcnemar_p>`` in metrics.json;
+# the two ceiling gaps decide whether a PGR means anything (:func:`pgr_shown`)
+PAIRED = (("ensemble", "weak_single", "ensemble_minus_single"),
+          ("student_ensemble", "student_single", "student_ensemble_minus_single"),
+          ("ceiling", "weak_single", "ceiling_minus_single"),
+          ("ceiling", "ensemble", "ceiling_minus_ensemble"))
+# PGR name -> (its weak model, the paired gap ceiling - weak that it divides by)
+PGR_GAPS = {"pgr_single": ("weak_single", "ceiling_minus_single"), "pgr_ens": ("ensemble", "ceiling_minus_ensemble")}
+
+
 def build_metrics(preds: Sequence[dict], *, primary: str, extra: dict) -> dict:
     """Flat metrics: ``<model>_acc_<id|ood>[_ll|_gen]``, by-round lists, PGRs, paired differences."""
     m: dict = {}
@@ -231,8 +241,7 @@ def build_metrics(preds: Sequence[dict], *, primary: str, extra: dict) -> dict:
         m["pgr_single"] = pgr(m.get("student_single_acc_ood", float("nan")), m["weak_single_acc_ood"], ceiling)
         m["pgr_ens"] = pgr(m.get("student_ensemble_acc_ood", float("nan")), m["ensemble_acc_ood"], ceiling)
     method = primary
-    for a, b, name in (("ensemble", "weak_single", "ensemble_minus_single"),
-                       ("student_ensemble", "student_single", "student_ensemble_minus_single")):
+    for a, b, name in PAIRED:
         for split, tag in SPLIT_KEYS.items():
             res = paired(preds, a, b, split, method)
             if res:
@@ -256,14 +265,112 @@ MODEL_LABELS = {"weak_single": "weak single expert (the baseline)",
 REPORT_COLUMNS = ("model", "ID", "OOD", "ID ll", "OOD ll", "ID gen", "OOD gen")
 
 
+def acc_with_interval(acc: Optional[float], n: Optional[int]) -> str:
+    """``0.410 [0.319, 0.508]``: an accuracy with its 95 % Wilson interval (:func:`ensemw2s.stats.wilson_interval`)
+    on ``n`` questions; the bare accuracy when ``n`` is unknown, ``—`` when there is none."""
+    from ensemw2s.stats import wilson_interval
+
+    if acc is None:
+        return "—"
+    if not n:
+        return f"{acc:.3f}"
+    lo, hi = wilson_interval(acc, int(n))
+    return f"{acc:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _paired(metrics: dict, name: str, tag: str) -> Optional[tuple[float, float, float, int]]:
+    """``(diff, ci_low, ci_high, n)`` of a stored paired difference, None if the run has none."""
+    d = metrics.get(f"paired_{name}_{tag}_diff")
+    if d is None:
+        return None
+    return (d, metrics[f"paired_{name}_{tag}_ci_low"], metrics[f"paired_{name}_{tag}_ci_high"],
+            metrics.get(f"paired_{name}_{tag}_n") or metrics.get(f"n_{tag}"))
+
+
+def _diff_text(p: tuple) -> str:
+    return f"{p[0]:+.3f} [{p[1]:+.3f}, {p[2]:+.3f}]"
+
+
+def pgr_shown(metrics: dict, name: str) -> tuple[Optional[float], str]:
+    """A PGR (``pgr_single`` or ``pgr_ens``, OOD) only where there is a gap to recover: ``(value, sentence)`` when
+    the paired ceiling − weak difference is > 0 with its 95 % interval above 0, else ``(None, sentence saying
+    why)``. Every surface (report, run page, ``runs show`` / ``list``, the site index) shows this decision."""
+    weak, gap_name = PGR_GAPS[name]
+    label = {"pgr_single": "PGR_single", "pgr_ens": "PGR_ens"}[name]
+    value = metrics.get(name)
+    gap = _paired(metrics, gap_name, "ood")
+    if gap is None:
+        if metrics.get("ceiling_acc_ood") is None:
+            return None, f"{label}: no ceiling in this run"
+        return None, (f"{label}: not shown — the paired interval of ceiling − {weak} was not recorded for this run "
+                      f"(unguarded value {_fmt(value)})")
+    if gap[0] > 0 and gap[1] > 0 and value is not None:
+        return value, f"{label} = {value:.3f} (OOD; gap ceiling − {weak} = {_diff_text(gap)})"
+    return None, f"{label}: no gap to recover (ceiling − {weak} = {_diff_text(gap)}, OOD, n={gap[3]})"
+
+
+NO_GAP = "no gap"  # what a one-cell surface (runs list / compare, the site index) shows for a guarded PGR
+
+
+def guarded(metrics: dict, key: str):
+    """``metrics[key]`` for a table cell; a PGR goes through :func:`pgr_shown` and reads :data:`NO_GAP` (or None
+    when the run has no ceiling) where the ceiling − weak gap is noise."""
+    if key not in PGR_GAPS:
+        return metrics.get(key)
+    value, why = pgr_shown(metrics, key)
+    if value is not None:
+        return value
+    return NO_GAP if "no gap to recover" in why else None
+
+
+VERDICTS = (("ensemble_minus_single", "ensemble vs single expert"),
+            ("student_ensemble_minus_single", "student←ensemble vs student←single"),
+            ("ceiling_minus_single", "ceiling vs single expert"))
+
+
+def verdict_lines(metrics: dict) -> list[str]:
+    """One sentence in plain words per comparison and test split, from its paired 95 % interval."""
+    lines = []
+    for name, what in VERDICTS:
+        for tag in ("ood", "id"):
+            p = _paired(metrics, name, tag)
+            if p is None:
+                continue
+            if p[1] > 0:
+                word = "a gap to recover" if name.startswith("ceiling") else "the first is better"
+                text = f"{word}: {_diff_text(p)}"
+            elif p[2] < 0:
+                word = "the ceiling is below the weak model" if name.startswith("ceiling") else "the first is worse"
+                text = f"{word}: {_diff_text(p)}"
+            else:
+                text = f"no difference detectable at n={p[3]} ({_diff_text(p)})"
+            lines.append(f"{what} ({tag.upper()}): {text}")
+    return lines
+
+
+# shown under a run whose ceiling has no gap over the weak model (the default setting's case; docs/results.md)
+NO_GAP_HINT = ("This setting shows no weak-to-strong gap at this size, so PGR and the students say nothing about "
+               "the method here. The setting measured with a real gap is configs/science_1p5b.yaml (SmolLM2 experts, "
+               "Qwen2.5-Coder-1.5B student, an opt-in 7.1 GB asset): ceiling − single = +0.107 [+0.077, +0.138] OOD "
+               "over 3 seeds of n=300, about 33 min per seed on 2 CPU cores (docs/results.md, measured 2026-12-01): "
+               "make science-assets && .venv/bin/ensemw2s run --config configs/science_1p5b.yaml")
+
+
+def no_gap(metrics: dict) -> bool:
+    """True when the run has a ceiling and its OOD gap over the single expert is not above 0 beyond noise."""
+    gap = _paired(metrics, "ceiling_minus_single", "ood")
+    return gap is not None and not gap[1] > 0
+
+
 def report_rows(metrics: dict) -> list[list[str]]:
     """The results table (:data:`REPORT_COLUMNS`): one row per model present in ``metrics``, accuracies as
-    text. Shared by the Markdown report and the HTML page (:mod:`ensemw2s.site`), so they never differ."""
+    text (the primary ones with their 95 % interval). Shared by the Markdown report and the HTML page
+    (:mod:`ensemw2s.site`), so they never differ."""
     rows = []
     for model in MODELS:
         if not any(k.startswith(model + "_acc") for k in metrics):
             continue
-        cells = [_fmt(metrics.get(f"{model}_acc_{s}")) for s in ("id", "ood")]
+        cells = [acc_with_interval(metrics.get(f"{model}_acc_{s}"), metrics.get(f"n_{s}")) for s in ("id", "ood")]
         cells += [_fmt(metrics.get(f"{model}_acc_{s}_{m}")) for m in ("ll", "gen") for s in ("id", "ood")]
         rows.append([MODEL_LABELS[model], *cells])
     return rows
@@ -299,8 +406,16 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
         "|" + "---|" * len(REPORT_COLUMNS),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in report_rows(metrics)]
-    lines += ["", f"PGR_single = {_fmt(metrics.get('pgr_single'))}, PGR_ens = {_fmt(metrics.get('pgr_ens'))} "
-              "(— when the ceiling is not above the weak model).", ""]
+    lines += ["", "Accuracies with their 95 % Wilson interval. PGR = (student − weak) / (ceiling − weak), shown only "
+              "where the paired ceiling − weak gap is above 0 beyond noise:", ""]
+    lines += [f"- {pgr_shown(metrics, name)[1]}" for name in PGR_GAPS]
+    verdicts = verdict_lines(metrics)
+    if verdicts:
+        lines += ["", "Verdicts (paired, same questions, 95 % bootstrap interval):", ""]
+        lines += [f"- {v}" for v in verdicts]
+    if no_gap(metrics):
+        lines += ["", f"**{NO_GAP_HINT}**"]
+    lines.append("")
     lines.append("Alphas by round: " + ", ".join(_fmt(a) for a in metrics.get("alphas", [])))
     if metrics.get("val_acc_by_round"):
         lines.append("")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ensemw2s.errors import MissingObjectError, StorageError
-from ensemw2s.evaluation import MODEL_LABELS, MODELS, SPLIT_KEYS, render_report
+from ensemw2s.evaluation import MODEL_LABELS, MODELS, SPLIT_KEYS, guarded, render_report
 from ensemw2s.provenance import produced_record, produced_seconds
 from ensemw2s.stats import paired_test
 from ensemw2s.steps import keys
@@ -260,7 +260,7 @@ def compare(store, run_ids: list[str], *, work: Optional[Path] = None) -> dict:
     method = (ref["metrics"].get("primary") if ref else None) or "loglik"
     paired = [row for r in with_report[1:] for row in paired_against(ref, r, method=method)]
     return {"runs": recs, "ref": ref["run_id"] if ref else None, "method": method, "paired": paired,
-            "metrics": {k: [(r["metrics"] or {}).get(k) for r in recs] for k in COMPARE_KEYS}}
+            "metrics": {k: [guarded(r["metrics"] or {}, k) for r in recs] for k in COMPARE_KEYS}}
 
 
 def seed_groups(recs: list[dict]) -> list[dict]:
@@ -301,7 +301,7 @@ def format_list(recs: list[dict]) -> str:
     if not recs:
         return "no runs stored yet (`ensemw2s run` makes one)"
     head = ["run id", "date", "status", *[h for _, h in HEADLINE], "config"]
-    rows = [[r["run_id"], r["created"], r["status"], *[_f((r["metrics"] or {}).get(k)) if r["metrics"] else ""
+    rows = [[r["run_id"], r["created"], r["status"], *[_f(guarded(r["metrics"], k)) if r["metrics"] else ""
                                                       for k, _ in HEADLINE], r["config_summary"]]
             for r in recs]
     return table(head, rows)

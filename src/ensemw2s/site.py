@@ -20,7 +20,18 @@ import re
 from typing import Optional
 
 from ensemw2s import plots
-from ensemw2s.evaluation import MODEL_LABELS, REPORT_COLUMNS, paired_lines, report_rows
+from ensemw2s.evaluation import (
+    MODEL_LABELS,
+    NO_GAP_HINT,
+    PGR_GAPS,
+    REPORT_COLUMNS,
+    guarded,
+    no_gap,
+    paired_lines,
+    pgr_shown,
+    report_rows,
+    verdict_lines,
+)
 from ensemw2s.stats import mean_std
 
 CSS = """
@@ -90,9 +101,16 @@ def results_section(m: dict) -> list[str]:
             f"generation). ID = easy_test (n={esc(m.get('n_id'))}), OOD = hard_test (n={esc(m.get('n_ood'))}). "
             f"Weak experts: {esc(m.get('weak_model') or '?')}; strong student: {esc(m.get('strong_model') or '?')}.</p>",
             _table(list(REPORT_COLUMNS), rows, cls="results"),
-            f"<p>PGR<sub>single</sub> = {fmt(m.get('pgr_single'))}, PGR<sub>ens</sub> = {fmt(m.get('pgr_ens'))} "
-            "(— when the ceiling is not above the weak model). Alphas by round: "
-            + esc(", ".join(fmt(a) for a in m.get("alphas") or [])) + "</p>"]
+            "<p>Accuracies with their 95 % Wilson interval. PGR = (student − weak) / (ceiling − weak), shown only "
+            "where the paired ceiling − weak gap is above 0 beyond noise:</p>",
+            "<ul class=\"pgr\">" + "".join(f"<li>{esc(pgr_shown(m, name)[1])}</li>" for name in PGR_GAPS) + "</ul>"]
+    verdicts = verdict_lines(m)
+    if verdicts:
+        body.append("<p>Verdicts (paired, same questions, 95 % bootstrap interval):</p><ul class=\"verdicts\">"
+                    + "".join(f"<li>{esc(v)}</li>" for v in verdicts) + "</ul>")
+    if no_gap(m):
+        body.append(f"<p class=\"no-gap\"><b>{esc(NO_GAP_HINT)}</b></p>")
+    body.append("<p>Alphas by round: " + esc(", ".join(fmt(a) for a in m.get("alphas") or [])) + "</p>")
     pl = paired_lines(m)
     if pl:
         body.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in pl) + "</ul>")
@@ -164,7 +182,7 @@ def index_page(cmp: dict, groups: list[dict]) -> str:
     for r in recs:
         m = r.get("metrics") or {}
         rows.append([f'<a href="{esc(run_file(r["run_id"]))}">{esc(r["run_id"])}</a>', esc(r.get("created")),
-                     esc(r.get("status")), *[fmt(m.get(k)) for k in ("weak_single_acc_ood", "ensemble_acc_ood",
+                     esc(r.get("status")), *[fmt(guarded(m, k)) for k in ("weak_single_acc_ood", "ensemble_acc_ood",
                                                                      "student_ensemble_acc_ood", "ceiling_acc_ood",
                                                                      "pgr_ens")],
                      esc(r.get("config_summary"))])

@@ -10,6 +10,8 @@ seeds of a grid point), the plot by round and the results page (``benchmarks/sci
 - **bootstrap** (:func:`paired_bootstrap`, :func:`stratified_bootstrap`): 95 % percentile interval, questions
   resampled with replacement within each stratum (seeds are never mixed), fixed ``seed`` for the RNG;
 - **McNemar** (:func:`mcnemar_p`): exact two-sided binomial test on the discordant pairs;
+- **accuracy interval** (:func:`wilson_interval`): the 95 % Wilson score interval of a binomial proportion (it
+  stays inside [0, 1] and is not degenerate at 0 or 1 correct, unlike ``acc ± 1.96 se``);
 - **mean ± std over seeds** (:func:`mean_std`): sample std (``ddof=1``), 0.0 for a single value; undefined values
   (None, NaN, inf, booleans, non-numbers) are left out and the count of those kept is returned.
 
@@ -29,6 +31,21 @@ def se(acc: float, n: int) -> float:
     if n < 1:
         raise ValueError(f"se: n must be >= 1 questions, got {n}")
     return math.sqrt(max(acc * (1.0 - acc), 0.0) / n)
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def wilson_interval(acc: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval ``(low, high)`` of an accuracy ``acc`` measured on ``n`` questions."""
+    if n < 1:
+        raise ValueError(f"wilson_interval: n must be >= 1 questions, got {n}")
+    if not 0.0 <= acc <= 1.0:
+        raise ValueError(f"wilson_interval: an accuracy is in [0, 1], got {acc}")
+    z2 = z * z
+    centre = (acc + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(acc * (1 - acc) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _diffs(a: Sequence, b: Sequence) -> np.ndarray:

@@ -132,7 +132,10 @@ def test_run_page_renders_table_and_plots(stored_runs, site_dir, tmp_path):
     assert tables["results"]["rows"] == 1 + 6  # header + the six models
     m = runs[rid]["metrics"]
     first = tables["results"]["first"].split("\t")
-    assert first[0] == "weak single expert (the baseline)" and first[2] == f"{m['weak_single_acc_ood']:.3f}", first
+    from ensemw2s.evaluation import acc_with_interval
+
+    assert first[0] == "weak single expert (the baseline)", first
+    assert first[2] == acc_with_interval(m["weak_single_acc_ood"], m["n_ood"]), first  # with its 95 % interval
     assert tables["steps"]["rows"] == 1 + 19  # header + every step of a 3-round run
 
 
