@@ -34,6 +34,7 @@ from typing import Optional  # noqa: E402
 from kfp import compiler, dsl  # noqa: E402
 
 from ensemw2s.config import Config, load_config, section_to_json  # noqa: E402
+from ensemw2s.errors import ConfigError  # noqa: E402
 from ensemw2s.steps import keys  # noqa: E402
 from ensemw2s.steps.stepio import task_configs  # noqa: E402
 
@@ -165,6 +166,10 @@ def compile_pipeline(cfg: Config, output, *, for_cluster: bool = True, cache: bo
     from pipelines import limits
 
     output = Path(output)
+    if output.is_dir():
+        raise ConfigError(f"-o {output}: is a folder; name the YAML file to write, e.g. -o {output / 'pipeline.yaml'}")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise ConfigError(f"-o {output}: {output.parent} is not a folder")
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(cfg, for_cluster=for_cluster, cache=cache),
                                 package_path=str(output))

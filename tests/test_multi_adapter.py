@@ -172,7 +172,7 @@ def test_option_logprobs_by_round_equals_one_member_at_a_time(tiny_assets, tmp_p
     from ensemw2s import assets
     from ensemw2s.data import read_jsonl
 
-    rows = read_jsonl(assets.dataset_file("arc_easy", "test"))[:6]
+    rows = read_jsonl(assets.dataset_file("arc_easy", "test"), strict_choices=False)[:6]
     together = mem.option_logprobs_by_round(experts, {"t": rows}, 4, way=way)
     monkeypatch.setattr(mem, "STACK_MAX", 2)  # stacked: chunks of 2 + 1 experts
     chunked = mem.option_logprobs_by_round(experts, {"t": rows}, 4, way=way)
@@ -219,7 +219,7 @@ def test_real_smollm2_experts_stacked_equal_switch(tmp_path):
     if not (assets.home() / "models" / "smollm2-135m").is_dir():
         pytest.fail("smollm2-135m is not set up: run `make setup` first")
     dirs = make_lora_adapters(lambda: load_causal_lm("smollm2-135m")[0], tmp_path, 3, std=0.01, r=16)
-    rows = read_jsonl(assets.dataset_file("arc_easy", "test"))[:16]
+    rows = read_jsonl(assets.dataset_file("arc_easy", "test"), strict_choices=False)[:16]
     prompts = [format_prompt(r) for r in rows]
     _, tok = load_causal_lm("smollm2-135m")
     for combine in ("prob", "vote"):

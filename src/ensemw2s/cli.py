@@ -57,7 +57,8 @@ def cmd_run(args) -> int:
     from ensemw2s import local, provenance
 
     cfg = _load(args)
-    return local.run(cfg, args.run_id or provenance.new_run_id(cfg), from_run=args.from_run,
+    run_id = provenance.new_run_id(cfg) if args.run_id is None else args.run_id  # "" is refused, not replaced
+    return local.run(cfg, run_id, from_run=args.from_run,
                      config_arg=args.config, verbose=args.verbose)
 
 
@@ -87,9 +88,8 @@ def cmd_runs(args) -> int:
 
     cfg = _load(args)
     if args.runs_command == "log":
-        where, text = runs.log_text(cfg.storage, args.run_id, args.step)
-        lines = text.splitlines()
-        print("\n".join(lines[-args.tail:] if args.tail else lines))
+        where, text = runs.log_text(cfg.storage, args.run_id, args.step, tail=args.tail)
+        print(text)
         print(f"(log: {where})")
         return 0
     store = runs.open_store(cfg.storage)
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs = runs_command("log", "a step's full log (the local copy, else step.log in object storage)")
     rs.add_argument("run_id")
     rs.add_argument("step", help="step key, e.g. train_expert-r2 (ensemw2s runs show RUN_ID lists them)")
-    rs.add_argument("--tail", type=int, default=0, help="only the last N lines")
+    rs.add_argument("--tail", type=int, default=None, help="only the last N lines (N >= 1)")
 
     s = command("compile", cmd_compile, "write the KFP IR YAML")
     s.add_argument("-o", "--output", default="pipeline.yaml")

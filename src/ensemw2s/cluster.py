@@ -113,6 +113,7 @@ def make_client(host: str, namespace: Optional[str] = None):
     the Helm chart mounts it) the token authenticates the requests."""
     if not host:
         raise ConfigError("--host is required (the KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888)")
+    probe_kfp_api(host)
     import kfp
 
     kwargs: dict = {"host": host}
@@ -129,6 +130,43 @@ def make_client(host: str, namespace: Optional[str] = None):
             return kfp.Client(**kwargs)
         except Exception as exc:  # noqa: BLE001 - connection problems come in many types: one line each
             raise ClusterError(f"cannot reach the KFP API at {host}: {_short(exc)}") from None
+
+
+def probe_kfp_api(host: str, timeout: float = 5.0) -> dict:
+    """One ``GET <host>/apis/v2beta1/healthz`` (no authentication needed) before kfp.Client is made: kfp.Client
+    retries its own health check for about 25 s and logs a traceback per try when the host is not a KFP API."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlparse
+
+    try:
+        u = urlparse(host)
+        ok = u.scheme in ("http", "https") and bool(u.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"--host {host!r}: expected an http:// or https:// URL of the KFP API, "
+                          "e.g. http://ml-pipeline.kubeflow:8888")
+    url = host.rstrip("/") + "/apis/v2beta1/healthz"
+    handlers = [urllib.request.ProxyHandler({})] if u.hostname in ("127.0.0.1", "localhost", "::1") else []
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with opener.open(url, timeout=timeout) as resp:
+            status, kind, body = resp.status, resp.headers.get("Content-Type", ""), resp.read(65536)
+    except urllib.error.HTTPError as exc:
+        status, kind, body = exc.code, exc.headers.get("Content-Type", "") if exc.headers else "", b""
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ClusterError(f"cannot reach the KFP API at {host}: {reason}") from None
+    try:
+        data = json.loads(body) if status == 200 else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise ClusterError(f"--host {host} is not a KFP API: GET {url} answered HTTP {status} "
+                           f"({kind or 'no content type'}), not KFP's health record; use the API endpoint, e.g. "
+                           "http://ml-pipeline.kubeflow:8888")
+    return data
 
 
 def _short(exc: BaseException) -> str:
@@ -230,7 +268,7 @@ def submit(host: str, config: Optional[str], overrides: Optional[list[str]] = No
     from ensemw2s.storage import validate_name
 
     target = load_target(pipeline, config, overrides)
-    run_id = validate_name("run id", run_id) if run_id else _new_run_id(target)
+    run_id = validate_name("run id", run_id) if run_id is not None else _new_run_id(target)
     if target.ablation is not None:
         from ensemw2s.ablation import child_runs
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -44,6 +45,7 @@ def _check_nonempty(key: str, value: Any) -> None:
 _QUANTITY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
 _QUANTITY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -94,6 +96,9 @@ class TrainConfig:
     group_by_length: bool = True
 
     SCHEDULERS = ("cosine", "linear", "constant")
+    # a sequence is cut to max_length: the answer keeps at most half of it, the prompt is cut from the left;
+    # below this the prompt keeps no more than its last few tokens and the answer a token or two
+    MIN_LENGTH = 16
 
     def validate(self, key: str) -> None:
         _check_positive(f"{key}.epochs", self.epochs)
@@ -101,7 +106,9 @@ class TrainConfig:
         _check_positive(f"{key}.grad_accum", self.grad_accum)
         _check_positive(f"{key}.lr", self.lr)
         _check_positive(f"{key}.weight_decay", self.weight_decay, zero_ok=True)
-        _check_positive(f"{key}.max_length", self.max_length)
+        if self.max_length < self.MIN_LENGTH:
+            raise ConfigError(f"{key}.max_length: {self.max_length!r} is out of range; it must be >= {self.MIN_LENGTH} "
+                              "(room for the end of the prompt, 'Answer:', and at least one answer token)")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"{key}.warmup_ratio: {self.warmup_ratio!r} is out of range; it must be in [0, 1)")
         _check_choice(f"{key}.scheduler", self.scheduler, self.SCHEDULERS)
@@ -166,8 +173,15 @@ class ModelSection:
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    MAX_MODEL_NAME = 1024  # a registry name, a hub id, a folder or an s3:// URI: no real one is longer
+
     def validate(self, key: str) -> None:
         _check_nonempty(f"{key}.model", self.model)
+        if len(self.model) > self.MAX_MODEL_NAME or any(ord(c) < 32 for c in self.model):
+            shown = self.model[:40] + "…" if len(self.model) > 40 else self.model
+            raise ConfigError(f"{key}.model: {shown!r} ({len(self.model)} characters) is not a model name; use a "
+                              f"set-up model name, a hub id, a folder or an s3:// URI of at most "
+                              f"{self.MAX_MODEL_NAME} characters without control characters")
         self.lora.validate(f"{key}.lora")
         self.train.validate(f"{key}.train")
 
@@ -251,6 +265,23 @@ class EvalConfig:
             raise ConfigError(f"{key}.generation: must be true when {key}.primary is 'generation'")
 
 
+def check_endpoint(key: str, value: Any) -> str:
+    """An S3 endpoint URL: ``http(s)://host[:port][/path]`` (``key`` names where it came from)."""
+    from urllib.parse import urlparse
+
+    ok = isinstance(value, str) and value.startswith(("http://", "https://"))
+    if ok:
+        try:
+            u = urlparse(value)
+            ok = bool(u.hostname) and (u.port is None or 0 < u.port < 65536)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} must start with http:// or https://, followed by a host "
+                          "(e.g. http://127.0.0.1:8333)")
+    return value
+
+
 @dataclass
 class StorageConfig:
     # None: the embedded SeaweedFS server (or S3_ENDPOINT_URL when set)
@@ -263,11 +294,14 @@ class StorageConfig:
 
     def validate(self, key: str = "storage") -> None:
         _check_nonempty(f"{key}.bucket", self.bucket)
+        if not _BUCKET_RE.fullmatch(self.bucket) or ".." in self.bucket:
+            raise ConfigError(f"{key}.bucket: {self.bucket!r} is not an S3 bucket name; use 3-63 characters from "
+                              "a-z 0-9 . -, starting and ending with a letter or digit")
         _check_nonempty(f"{key}.prefix", self.prefix)
         _check_positive(f"{key}.multipart_threshold_mb", self.multipart_threshold_mb)
         _check_positive(f"{key}.max_attempts", self.max_attempts)
-        if self.endpoint is not None and not str(self.endpoint).startswith(("http://", "https://")):
-            raise ConfigError(f"{key}.endpoint: {self.endpoint!r} must start with http:// or https://")
+        if self.endpoint is not None:
+            check_endpoint(f"{key}.endpoint", self.endpoint)
 
 
 @dataclass
@@ -401,6 +435,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -469,14 +505,63 @@ def merge_dicts(base: dict, over: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, line):
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+# a config is a few hundred values; an alias bomb (anchors referring to anchors) expands to billions
+YAML_MAX_VALUES = 100_000
+YAML_MAX_DEPTH = 32
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Walk what YAML built (aliases counted every time they are used), stopping at the bounds."""
+    count, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > YAML_MAX_VALUES:
+            raise ConfigError(f"{source}: the YAML expands to more than {YAML_MAX_VALUES} values (aliases "
+                              "included); a config is far smaller (an alias bomb?)")
+        if depth > YAML_MAX_DEPTH:
+            raise ConfigError(f"{source}: the YAML is nested more than {YAML_MAX_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
 def safe_load_yaml(text: str, source: str = "<string>") -> Any:
-    """``yaml.safe_load`` with a message naming the file; Python object tags are refused."""
+    """``yaml.safe_load`` with a message naming the file; Python object tags and duplicate keys are refused,
+    and what it builds is bounded in size and depth."""
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source}: line {exc.line}: key {exc.key!r} is given twice in one mapping; "
+                          "keep one") from None
     except yaml.YAMLError as exc:
         # one line: PyYAML's message spans several (problem, position, a caret under the column)
         raise ConfigError(f"{source}: not valid YAML (only plain YAML is accepted, no object tags): "
                           f"{' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML is nested too deeply") from None
+    _check_size(data, source)
+    return data
 
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -498,7 +583,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        loaded = safe_load_yaml(p.read_text(encoding="utf-8"), str(p))
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not a YAML text file (not valid UTF-8 at byte {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read the config file ({exc.strerror})") from None
+        if "\x00" in text:
+            raise ConfigError(f"{p}: not a YAML text file (it holds NUL bytes)")
+        loaded = safe_load_yaml(text, str(p))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -41,8 +41,20 @@ def stable_id(question: str, choices: Iterable[str] = ()) -> str:
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:16]
 
 
-def validate_row(row: dict, where: str) -> dict:
-    """Check one question row; raise DataError naming ``where`` and the row id."""
+def choice_problem(choices: list[str]) -> Optional[str]:
+    """Why a row's options cannot be scored, or None: one option is "right" for any model, and two equal
+    options make the answer ambiguous (scoring picks the first of a tie)."""
+    if len(choices) < 2:
+        return f"has {len(choices)} choice; multiple-choice rows need at least 2"
+    norm = [_norm(c) for c in choices]
+    dup = next((c for c, n in zip(choices, norm) if norm.count(n) > 1), None)
+    return None if dup is None else f"has duplicate choices ({dup!r} twice)"
+
+
+def validate_row(row: dict, where: str, *, strict_choices: bool = True) -> dict:
+    """Check one question row; raise DataError naming ``where`` and the row id. ``strict_choices=False`` lets
+    rows through whose options cannot be scored (:func:`choice_problem`): the shipped datasets hold a few, which
+    :func:`ensemw2s.assets.load_side` drops and counts; a user's own file is refused."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: row is not a JSON object")
     rid = row.get("id", "<no id>")
@@ -58,9 +70,15 @@ def validate_row(row: dict, where: str) -> dict:
         raise DataError(f"{where}: row {rid!r}: choices must be a list of non-empty strings")
     if not choices:
         raise DataError(f"{where}: row {rid!r} has empty choices (multiple-choice rows need options)")
+    problem = choice_problem(choices) if strict_choices else None
+    if problem:
+        raise DataError(f"{where}: row {rid!r} {problem}")
     idx = row["answer_index"]
     if idx is not None:
-        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(choices):
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise DataError(f"{where}: row {rid!r}: answer_index must be an integer or null, got {idx!r} "
+                            f"({type(idx).__name__})")
+        if not 0 <= idx < len(choices):
             raise DataError(f"{where}: row {rid!r}: answer_index {idx!r} is out of range for "
                             f"{len(choices)} choices")
         if row["answer"] != choices[idx]:
@@ -73,9 +91,9 @@ def validate_row(row: dict, where: str) -> dict:
     return row
 
 
-def read_jsonl(path: str | Path, *, validate: bool = True) -> list[dict]:
+def read_jsonl(path: str | Path, *, validate: bool = True, strict_choices: bool = True) -> list[dict]:
     """Read question rows; invalid UTF-8, bad JSON (e.g. a truncated file), bad rows and duplicate ids are
-    errors naming the file and line or row id."""
+    errors naming the file and line or row id (``strict_choices``: see :func:`validate_row`)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
@@ -94,7 +112,7 @@ def read_jsonl(path: str | Path, *, validate: bool = True) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}: line {lineno} is not valid JSON (truncated file?): {exc.msg}") from None
         if validate:
-            validate_row(row, f"{p}:{lineno}")
+            validate_row(row, f"{p}:{lineno}", strict_choices=strict_choices)
             if row["id"] in seen:
                 raise DataError(f"{p}: duplicate id {row['id']!r} (line {lineno})")
             seen.add(row["id"])
@@ -197,6 +215,28 @@ def difficulty_value(row: dict, method: str) -> Optional[float]:
     return None
 
 
+def _shortfall(cfg, name: str, got: int, easy_rows: list, hard_rows: list, n_read: Optional[int], e_has: bool,
+               h_has: bool) -> str:
+    """The message of a split that gets fewer rows than ``data.<name>``: how many it needs, how many there are."""
+    side = "easy" if name.startswith("easy") else "hard"
+    names = [n for n in SPLITS if n.startswith(side)]
+    need = ", ".join(f"{n} {getattr(cfg, n)}" for n in names)
+    have = len(easy_rows if side == "easy" else hard_rows)
+    if n_read is None:
+        read = f"{have} {side} rows read after filtering"
+    else:
+        read = f"{n_read} rows read after filtering, {have} of them on the {side} side"
+    native = ""
+    if e_has if side == "easy" else h_has:
+        own = {"easy_train": "train", "easy_val": "validation", "easy_test": "test", "hard_pool": "train/validation",
+               "hard_test": "test"}[name]
+        native = f"; {name} takes only the dataset's own {own} rows"
+    return (f"data.{name}: {getattr(cfg, name)} rows needed but only {got} available (data.easy={cfg.easy!r}, "
+            f"data.hard={cfg.hard!r}, data.difficulty={cfg.difficulty!r}: {read}, shared by the {side} splits, "
+            f"which need {sum(getattr(cfg, n) for n in names)} in all: {need}{native}); "
+            + (f"lower data.{name} to at most {got} or give more rows" if got else "give more rows or lower the sizes"))
+
+
 def split_rows(cfg, easy_rows: list[dict], hard_rows: Optional[list[dict]], seed: int) -> dict[str, list[dict]]:
     """Make the five disjoint splits.
 
@@ -206,13 +246,15 @@ def split_rows(cfg, easy_rows: list[dict], hard_rows: Optional[list[dict]], seed
     Rows with the dataset's official splits keep them (train -> easy_train/hard_pool, validation ->
     easy_val, test -> easy_test/hard_test).
     """
+    n_read = None  # one dataset: how many rows it gave before they were cut into an easy and a hard half
     if hard_rows is None:
         rows = easy_rows
+        n_read = len(rows)
         if cfg.difficulty == "random":
             ranked = shuffled(rows, seed + 1)
         else:
             scored = [r for r in rows if difficulty_value(r, cfg.difficulty) is not None]
-            if not scored:
+            if rows and not scored:  # no rows at all: the size check below says how many are needed
                 raise DataError(f"data.difficulty={cfg.difficulty!r}: no row of {cfg.easy!r} has a difficulty "
                                 "value for this method")
             ranked = sorted(scored, key=lambda r: (difficulty_value(r, cfg.difficulty), _rng_key(r["id"], seed)))
@@ -238,9 +280,8 @@ def split_rows(cfg, easy_rows: list[dict], hard_rows: Optional[list[dict]], seed
     out["easy_train"] = pick(e, ("train",) if e_has else None, cfg.easy_train)
     out["hard_pool"] = pick(h, ("train", "validation") if h_has else None, cfg.hard_pool)
     for name in SPLITS:
-        if not out[name]:
-            raise DataError(f"split {name!r} is empty after filtering (data.easy={cfg.easy!r}, "
-                            f"data.hard={cfg.hard!r}, data.difficulty={cfg.difficulty!r}); lower the sizes or "
-                            "pick another dataset")
+        asked = getattr(cfg, name)
+        if len(out[name]) < asked:  # never fewer rows than configured without saying so
+            raise DataError(_shortfall(cfg, name, len(out[name]), easy_rows, hard_rows, n_read, e_has, h_has))
         out[name] = [{k: v for k, v in r.items() if k != "split"} for r in out[name]]
     return out

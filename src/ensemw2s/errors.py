@@ -5,7 +5,8 @@ bug and keeps its traceback. The CLI (``ensemw2s ...``), every step (``python -m
 and asset setup all go through :func:`user_error_code`.
 
 - exit 2: the command line or the config (:class:`ConfigError`), before any compute starts;
-- exit 1: data, models, assets, object storage, a stored artifact, the KFP server or Docker.
+- exit 130: interrupted (Ctrl-C);
+- exit 1: data, models, assets, training that diverged, object storage, a stored artifact, the KFP server or Docker.
 
 This module imports nothing of the project, so every other module can import it.
 """
@@ -16,6 +17,7 @@ from typing import Callable, Optional
 
 EXIT_CONFIG = 2
 EXIT_OTHER = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C'd command
 
 
 class UserError(Exception):
@@ -40,6 +42,11 @@ class AssetError(UserError, RuntimeError):
 
 class ModelError(UserError, RuntimeError):
     """A model folder that cannot be loaded (missing or truncated weights, unknown name)."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training that cannot give a usable model (a non-finite loss: the learning rate or the data); the step
+    stops and saves nothing."""
 
 
 class StorageError(UserError, RuntimeError):
@@ -78,6 +85,9 @@ def call_reporting_user_errors(fn: Callable[[], Optional[int]]) -> int:
     on stderr and gives its exit code; any other exception (a bug) propagates with its traceback."""
     try:
         return fn() or 0
+    except KeyboardInterrupt:  # Ctrl-C: one line and 130, not a traceback (`ensemw2s run` says how to resume)
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - user-facing errors become one line; anything else is re-raised
         code = user_error_code(exc)
         if code is None:

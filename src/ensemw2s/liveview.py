@@ -209,6 +209,10 @@ class RunView:
             if _STEP_SAYS_RE.match(text) and len(text) < 200:
                 st.last_line = text
 
+    def running(self) -> list[StepState]:
+        with self.lock:
+            return [s for s in self.steps.values() if s.status == "running"]
+
     def failed(self) -> Optional[StepState]:
         with self.lock:
             return next((s for s in self.steps.values() if s.status == "failed"), None)

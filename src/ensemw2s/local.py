@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ensemw2s import liveview, provenance
-from ensemw2s.errors import AssetError, ConfigError, ModelError
+from ensemw2s.errors import EXIT_INTERRUPTED, AssetError, ConfigError, ModelError
 from ensemw2s.steps import keys
 
 STEP_LOG = "step.log"  # a step's full log, beside its artifacts: runs/<run_id>/<step>/step.log
@@ -112,6 +112,10 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None, verbose: bool = 
                 provenance.store_config(store, run_id, cfg)
                 _put_status(store, run_id, "running", log_dir=str(log_dir))
                 pipeline(run_id=run_id)
+    except KeyboardInterrupt:  # Ctrl-C (the steps got it too and stopped): `runs list` says so, not "running"
+        if started:
+            _put_status(store, run_id, "interrupted", steps=[st.key for st in view.running()], log_dir=str(log_dir))
+        raise
     except RuntimeError as exc:
         if "finished with status" not in str(exc):  # not a failed step (e.g. the run id is held by a live run)
             raise
@@ -223,6 +227,10 @@ def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None
         fork(cfg, from_run, run_id)
     try:
         result = run_local(cfg, run_id, verbose=verbose)
+    except KeyboardInterrupt:
+        print(f"\nerror: run {run_id} interrupted (Ctrl-C); the finished steps are kept in storage, the interrupted "
+              f"ones left nothing complete behind. Resume with: {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except RunFailed as exc:
         # kfp.local: "Pipeline ensemw2s finished with status FAILURE. Inner task failed: <task>."
         where = "The step's own error is in the log above"
@@ -262,7 +270,7 @@ def show_report(cfg, run_id: str, *, as_json: bool = False, out=print) -> int:
 
     storage.storage_env(cfg.storage)
     store = storage.Store.from_config(cfg.storage)
-    store.check()
+    store.check(create=False)  # a read never creates the bucket
     with tempfile.TemporaryDirectory() as tmp:
         store.get_dir(run_id, keys.REPORT, "report", Path(tmp) / "r")
         metrics = json.loads((Path(tmp) / "r" / "metrics.json").read_text())

@@ -42,7 +42,7 @@ def png_bytes(plot: Callable[..., None], *args, **kwargs) -> bytes:
 
 def plot_by_round(runs: Sequence[dict], path: Target, *, title: str = "EnsemW2S ensemble accuracy by round") -> None:
     """Write ``path`` (PNG): per split (ID, OOD), the accuracy of the ensemble of rounds 1..t against t, and the
-    round-1 single expert as a dashed line.
+    single-expert baseline (``weak_single``, labelled by :func:`single_label`) as a dashed line.
 
     ``runs``: the ``metrics.json`` of one or more runs (``ensemble_acc_<id|ood>_by_round``,
     ``weak_single_acc_<id|ood>_ll``, ``n_<id|ood>``). Several runs (seeds): mean ± sample std over the runs.
@@ -76,7 +76,7 @@ def plot_by_round(runs: Sequence[dict], path: Target, *, title: str = "EnsemW2S 
         sm, sd, _ = mean_std([r.get(f"weak_single_acc_{tag}_ll") for r in runs])
         if sm is not None:
             band = spread(sm, sd, tag)
-            ax.axhline(sm, color="tab:red", linestyle="--", linewidth=1, label="single expert (round 1)")
+            ax.axhline(sm, color="tab:red", linestyle="--", linewidth=1, label=single_label(runs))
             ax.axhspan(sm - band, sm + band, color="tab:red", alpha=0.12)
         ax.set_xticks(range(1, T + 1))
         ax.set_xlabel("rounds in the ensemble (t)")
@@ -89,7 +89,16 @@ def plot_by_round(runs: Sequence[dict], path: Target, *, title: str = "EnsemW2S 
     _save(fig, path)
 
 
-LABEL_SOURCES = (("ensemble", "ensemble (EnsemW2S)"), ("single", "single expert (round 1)"), ("gold", "gold"))
+LABEL_SOURCES = (("ensemble", "ensemble (EnsemW2S)"), ("single", "single expert"), ("gold", "gold"))
+# what weak_single is, by ensemble.single (metrics' single_definition; runs stored before it say "baseline")
+SINGLE_LABELS = {"full": "single expert (all easy data)", "round1": "single expert (the round-1 expert)",
+                 None: "single expert (baseline)"}
+
+
+def single_label(runs: list[dict]) -> str:
+    """The legend of the single-expert line: what ``weak_single`` was in these runs."""
+    kinds = {r.get("single_definition") for r in runs}
+    return SINGLE_LABELS.get(kinds.pop(), SINGLE_LABELS[None]) if len(kinds) == 1 else SINGLE_LABELS[None]
 
 
 def plot_label_accuracy(metrics: dict, path: Target) -> None:
@@ -191,6 +200,6 @@ def caption(n_runs: int) -> str:
     """What the error bars of :func:`plot_by_round` show, for the text beside the plot."""
     if n_runs == 1:
         return ("Ensemble accuracy of rounds 1..t with 95 % intervals (± 1.96 binomial standard errors), with the "
-                "round-1 expert as the dashed line (band: its 95 % interval).")
-    return ("Ensemble accuracy of rounds 1..t (mean ± std over seeds), with the round-1 expert as the dashed line "
+                "single-expert baseline (weak_single) as the dashed line (band: its 95 % interval).")
+    return ("Ensemble accuracy of rounds 1..t (mean ± std over seeds), with the single-expert baseline as the dashed line "
             "(band: ± std).")

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ensemw2s.errors import MissingObjectError, StorageError
+from ensemw2s.errors import ConfigError, MissingObjectError, StorageError
 from ensemw2s.evaluation import MODEL_LABELS, MODELS, SPLIT_KEYS, guarded, render_report
 from ensemw2s.provenance import produced_record, produced_seconds
 from ensemw2s.stats import paired_test
@@ -143,6 +143,8 @@ def _status(store, rec: dict, steps: list[str], cfg: Optional[dict]) -> str:
     st = rec.get("status_record") or {}
     if st.get("status") == "failed":
         return f"failed at {st.get('step') or '?'} ({of})"
+    if st.get("status") == "interrupted":  # Ctrl-C; `ensemw2s run --run-id <id>` resumes it
+        return f"interrupted ({of})"
     if st.get("status") == "running":
         return f"running or stopped ({of})"
     if not [s for s in steps if s != keys.RUN_SUMMARY]:
@@ -154,6 +156,12 @@ def details(store, run_id: str, *, report_dir: Optional[Path] = None) -> dict:
     """One run in full: :func:`overview` plus every step (status, the seconds of the execution that computed
     it, restored or not, its artifacts' URIs, its log's URI), the report's URI and, with ``report_dir``, the
     whole report artifact downloaded there (``predictions`` then holds the per-question predictions)."""
+    from ensemw2s.storage import validate_name
+
+    validate_name("run id", run_id)
+    if not store.list_steps(run_id):
+        raise MissingObjectError(f"no run {run_id!r} in s3://{store.bucket}/{store.prefix}/ ({store.endpoint}); "
+                                 "`ensemw2s runs list` shows the stored runs")
     rec = overview(store, run_id)
     cfg = rec["config"] or {}
     rounds = (cfg.get("boosting") or {}).get("rounds") or (rec["metrics"] or {}).get("rounds")
@@ -362,6 +370,8 @@ def write_site(store, run_ids: list[str], out_dir: Path, *, upload: bool = True,
     from ensemw2s import site
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"-o {out_dir}: exists and is not a folder; name a folder for index.html and the run pages")
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = expand(store, run_ids) if run_ids else [r["run_id"] for r in list_runs(store)
                                                   if r["kind"] == "run" and r["metrics"] is not None]
@@ -395,13 +405,21 @@ def open_store(storage_cfg):
 
     storage.storage_env(storage_cfg)
     store = storage.Store.from_config(storage_cfg)
-    store.check()
+    store.check(create=False)  # a read never creates the bucket (a typo'd name must fail, not appear)
     return store
 
 
-def log_text(storage_cfg, run_id: str, step: str) -> tuple[str, str]:
+def log_text(storage_cfg, run_id: str, step: str, *, tail: Optional[int] = None) -> tuple[str, str]:
     """``(where, text)`` of a step's full log: the local copy if this machine ran it, else ``step.log`` in
-    the object store of ``storage_cfg`` (a ``storage`` config section)."""
+    the object store of ``storage_cfg`` (a ``storage`` config section); ``tail``: only its last lines."""
+    if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):
+        raise ConfigError(f"--tail: {tail!r} is out of range; it must be an integer >= 1 (the last N lines), "
+                          "or left out for the whole log")
+    where, text = _log_text(storage_cfg, run_id, step)
+    return where, "\n".join(text.splitlines()[-tail:]) if tail else text
+
+
+def _log_text(storage_cfg, run_id: str, step: str) -> tuple[str, str]:
     from ensemw2s.storage import validate_name
 
     validate_name("run id", run_id)

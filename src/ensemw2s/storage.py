@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Optional
 from urllib.parse import urlparse
 
-from ensemw2s.config import StorageConfig
+from ensemw2s.config import StorageConfig, check_endpoint
 from ensemw2s.digests import HASHES, MiB, file_digests
 from ensemw2s.errors import CorruptArtifactError, MissingObjectError, StorageError
 
@@ -44,10 +44,11 @@ _DELETE_BATCH = 1000
 
 def validate_name(kind: str, value: str) -> str:
     """Run ids, step names and output names: ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}`` and no ``..``."""
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value:
+    # a trailing '.' is refused too: Windows drops it from folder names and Kubernetes names cannot end in one
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or ".." in value or value.endswith("."):
         raise StorageError(
             f"invalid {kind} {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or "
-            "digit, without '..'"
+            "digit, without '..' and not ending in '.'"
         )
     return value
 
@@ -67,6 +68,12 @@ def _embedded_hint() -> str:
     return "run `ensemw2s storage serve` or set S3_ENDPOINT_URL (with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
 
 
+def _env_endpoint() -> str | None:
+    """``$S3_ENDPOINT_URL`` (checked like ``storage.endpoint``), None when unset or empty."""
+    value = os.environ.get("S3_ENDPOINT_URL") or None
+    return check_endpoint("S3_ENDPOINT_URL", value) if value else None
+
+
 def resolve_credentials(cfg: StorageConfig) -> tuple[str, str | None, str | None, str]:
     """``(endpoint, access_key, secret_key, region)``.
 
@@ -75,7 +82,7 @@ def resolve_credentials(cfg: StorageConfig) -> tuple[str, str | None, str | None
     an explicit endpoint but no keys in the environment the keys are None and boto3's own chain decides
     (shared config, instance role) — unless the endpoint is the embedded server's, whose keys are used.
     """
-    endpoint = cfg.endpoint or os.environ.get("S3_ENDPOINT_URL") or None
+    endpoint = cfg.endpoint or _env_endpoint()
     if endpoint:
         ak = os.environ.get("AWS_ACCESS_KEY_ID") or None
         sk = os.environ.get("AWS_SECRET_ACCESS_KEY") or None
@@ -104,8 +111,8 @@ def resolve_credentials(cfg: StorageConfig) -> tuple[str, str | None, str | None
 def storage_env(cfg: StorageConfig, *, start_embedded: bool = True) -> dict:
     """Point this process (and the step subprocesses it starts) at the object store of ``cfg``; start the
     embedded SeaweedFS server when no endpoint is configured. Returns a description (no secrets)."""
-    if cfg.endpoint or os.environ.get("S3_ENDPOINT_URL"):
-        return {"endpoint": cfg.endpoint or os.environ["S3_ENDPOINT_URL"], "embedded": False}
+    if cfg.endpoint or _env_endpoint():
+        return {"endpoint": cfg.endpoint or _env_endpoint(), "embedded": False}
     from ensemw2s import s3server
 
     info = s3server.ensure_running() if start_embedded else s3server.status()
@@ -345,12 +352,22 @@ class Store:
             self._probe.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
             return
         except ClientError as exc:
-            if _error_code(exc) not in ("NoSuchBucket", "404"):
+            code = _error_code(exc)
+            if code.isdigit():  # an HTTP status without an S3 error document: not an S3 API at all
+                meta = exc.response.get("ResponseMetadata", {})
+                kind = (meta.get("HTTPHeaders") or {}).get("content-type", "no content type")
+                raise fail(f"the endpoint does not answer like an S3 API (HTTP {code}, {kind}, no S3 error "
+                           "code); check storage.endpoint / S3_ENDPOINT_URL") from None
+            if code != "NoSuchBucket":
                 raise fail(_cause(exc)) from None
         except BotoCoreError as exc:
             raise fail(_cause(exc)) from None
-        if not create:
-            raise fail("bucket does not exist (NoSuchBucket)")
+        except RecursionError:  # botocore follows a 301 without an S3 region header with another request, forever
+            raise fail("the endpoint does not answer like an S3 API (it redirects every request, with no S3 "
+                       "region); check storage.endpoint / S3_ENDPOINT_URL") from None
+        if not create:  # reads never create a bucket: a typo'd name must not leave one behind
+            raise MissingObjectError(f"bucket {self.bucket!r} does not exist at {self.endpoint} (NoSuchBucket); "
+                                     "check storage.bucket (reading never creates a bucket)")
         try:
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
             if self.region and self.region != "us-east-1":

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ensemw2s.data import format_prompt, format_target
-from ensemw2s.errors import ModelError
+from ensemw2s.errors import ModelError, TrainingError
 from ensemw2s.modeling import decoder_parts, load_causal_lm, resolve_dtype, save_model
 
 log = logging.getLogger(__name__)
@@ -167,12 +167,13 @@ def _make_collator(pad_id: int):
     return collate
 
 
-def _weighted_trainer_cls():
+def _weighted_trainer_cls(desc: str = "train"):
     import torch
     from transformers import Trainer
 
     class WeightedTokenTrainer(Trainer):
-        """Trainer whose loss is sum_j w_j CE_j / (#answer tokens) over the answer tokens of the batch."""
+        """Trainer whose loss is sum_j w_j CE_j / (#answer tokens) over the answer tokens of the batch; a
+        non-finite loss stops training (:class:`TrainingError`) instead of saving a NaN model."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             answer = inputs["answer_mask"]
@@ -180,6 +181,11 @@ def _weighted_trainer_cls():
             w = inputs["token_weights"][:, 1:][answer[:, 1:]]
             ce = torch.nn.functional.cross_entropy(logits, gold, reduction="none")
             loss = (w * ce).sum() / answer[:, 1:].sum().clamp_min(1)
+            if not torch.isfinite(loss.detach()):  # one host sync per micro-batch: negligible next to a step
+                raise TrainingError(
+                    f"{desc}: the training loss is {loss.item()} at optimizer step {self.state.global_step + 1} of "
+                    f"{self.state.max_steps} (learning rate {self.args.learning_rate:g}); the model diverged and "
+                    "nothing was saved; lower the section's train.lr (or check the data)")
             return (loss, None) if return_outputs else loss
 
     return WeightedTokenTrainer
@@ -269,7 +275,7 @@ def train_sft(model_name: str, section, encoded: Sequence[Encoded], *, token_wei
             bf16=autocast, optim="adamw_torch", disable_tqdm=os.environ.get(
                 "ENSEMW2S_PROGRESS", "1") == "0", **bucketing,
         )
-        trainer = _weighted_trainer_cls()(model=model, args=args, train_dataset=ds,
+        trainer = _weighted_trainer_cls(desc)(model=model, args=args, train_dataset=ds,
                                           data_collator=_make_collator(tok.pad_token_id))
         t0 = time.perf_counter()
         result = trainer.train()

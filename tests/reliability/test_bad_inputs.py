@@ -11,21 +11,26 @@ one of
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\xff\xfe"  # a PNG header
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -133,6 +138,40 @@ def run_set(*overrides: str, **kw) -> Callable[[Ctx], Outcome]:
         for o in overrides:
             args += ["--set", o(ctx) if callable(o) else o]
         return _proc(ctx, "ensemw2s.cli", args, **kw)
+
+    return run
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@contextlib.contextmanager
+def plain_web_server(root: Path) -> Iterator[str]:
+    """A plain web server (neither S3 nor KFP: ``http.server`` serving ``root``) on a free loopback port."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+def cli_at_web_server(*args, folders: tuple[str, ...] = (), **kw) -> Callable[[Ctx], Outcome]:
+    """``ensemw2s ...`` with ``@URL@`` in ``args`` replaced by a plain web server's URL; it serves an empty
+    folder, holding only ``folders`` (each with an index.html)."""
+
+    def run(ctx: Ctx) -> Outcome:
+        root = ctx.tmp / "www"
+        root.mkdir(parents=True, exist_ok=True)
+        for f in folders:
+            ctx.write(f"www/{f}/index.html", "<html>hello</html>\n")
+        with plain_web_server(root) as url:
+            return _proc(ctx, "ensemw2s.cli", [a.replace("@URL@", url) for a in args], **kw)
 
     return run
 
@@ -385,6 +424,70 @@ def validate(kind: str, value: str) -> Callable[[Ctx], object]:
     return call
 
 
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """Billion laughs under ``resources.tolerations``: each anchor a list of ``width`` aliases of the one before
+    (``width ** levels`` values once expanded)."""
+    names = [f"l{i}" for i in range(levels)]
+    lines = ["resources:", "  tolerations:", f"    {names[0]}: &{names[0]} [{', '.join(['x'] * width)}]"]
+    for prev, cur in zip(names, names[1:]):
+        lines.append(f"    {cur}: &{cur} [{', '.join([f'*{prev}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+def deep_yaml(depth: int = 40) -> str:
+    return f"resources:\n  tolerations: {'[' * depth}x{']' * depth}\n"
+
+
+def compile_config(name: str, text: str) -> Callable[[Ctx], Outcome]:
+    """``ensemw2s compile --config <file with text> -o out.yaml`` in an isolated home."""
+    return cli("compile", "--config", lambda c: c.write(name, text), "-o", lambda c: c.tmp / "out.yaml")
+
+
+def split_step(*overrides, **kw) -> Callable[[Ctx], Outcome]:
+    """``python -m ensemw2s.steps.split_data --config configs/tiny.yaml --set ...`` with the real assets."""
+    sets = [x for o in overrides for x in ("--set", o)]
+    out = ("--splits", lambda c: c.tmp / "s", "--state", lambda c: c.tmp / "t")
+    return step("split_data", "--config", TINY, *sets, *out, isolated=False, **kw)
+
+
+def jsonl_path(name: str, n: int) -> Callable[[Ctx], str]:
+    return lambda c: f"data.jsonl_path={jsonl(c, name, [row(i) for i in range(n)])}"
+
+
+def faster_than(seconds: float) -> Callable[[Ctx, Outcome], None]:
+    def check(ctx: Ctx, out: Outcome) -> None:
+        assert out.seconds < seconds, f"took {out.seconds:.1f} s (>= {seconds} s)"
+
+    return check
+
+
+def short_message(limit: int) -> Callable[[Ctx, Outcome], None]:
+    def check(ctx: Ctx, out: Outcome) -> None:
+        assert len(out.message) < limit, f"a message of {len(out.message)} characters"
+        assert "a" * 100 not in out.output, "the value was echoed in full"
+
+    return check
+
+
+def no_regex_dump(ctx: Ctx, out: Outcome) -> None:
+    assert "Invalid bucket name" not in out.output and "^[a-zA-Z0-9" not in out.output, out.output
+
+
+def bucket_not_created(name: str) -> Callable[[Ctx, Outcome], None]:
+    def check(ctx: Ctx, out: Outcome) -> None:
+        names = {b["Name"] for b in ctx.store.client.list_buckets().get("Buckets", [])}
+        assert name not in names, f"a read created the bucket {name!r}"
+
+    return check
+
+
+def split_counts(ctx: Ctx, out: Outcome) -> None:
+    import re
+
+    assert re.search(r"rows needed but only \d+ available", out.message), out.message
+    assert re.search(r"\d+ easy rows read after filtering", out.message), out.message
+
+
 # --------------------------------------------------------------------------------------------- table
 
 
@@ -444,6 +547,49 @@ CASES: list[Case] = [
     Case("config-yaml-python-tag", "a YAML file with a Python object tag (`!!python/object/apply:os.mkdir`)",
          run_cli("seed: !!python/object/apply:os.mkdir ['@MARKER@']\n"), 2,
          ("bad.yaml", "not valid YAML", "no object tags"), extra=_not_executed),
+    Case("config-binary-file", "`--config` names a binary file (a PNG image)",
+         cli("run", "--config", lambda c: c.write("logo.png", PNG), "--run-id", "catalogue"), 2,
+         ("logo.png", "not a YAML text file", "not valid UTF-8")),
+    Case("config-nul-bytes", "a config file holding NUL bytes",
+         cli("run", "--config", lambda c: c.write("nul.yaml", b"seed: 1\n\x00\x00\n"), "--run-id", "catalogue"), 2,
+         ("nul.yaml", "not a YAML text file", "NUL bytes")),
+    Case("config-duplicate-key", "a key given twice in one mapping of the YAML",
+         run_cli("boosting:\n  rounds: 2\n  rounds: 3\n"), 2, ("bad.yaml", "line 3", "key 'rounds' is given twice")),
+    Case("config-yaml-alias-bomb", "an alias bomb (9 levels of 9 aliases) under `resources.tolerations`",
+         compile_config("bomb.yaml", alias_bomb()), 2, ("bomb.yaml", "expands to more than", "alias"),
+         extra=faster_than(10)),
+    Case("config-yaml-too-deep", "YAML nested 40 levels deep",
+         compile_config("deep.yaml", deep_yaml(40)), 2, ("deep.yaml", "nested more than 32 levels deep")),
+    Case("config-yaml-recursion", "YAML nested 5000 levels deep (deeper than the parser's recursion)",
+         compile_config("deeper.yaml", deep_yaml(5000)), 2, ("deeper.yaml", "nested too deeply"),
+         extra=faster_than(10)),
+    Case("config-model-name-too-long", "a 20 000-character model name (`experts.model=aaaa…`)",
+         run_set("experts.model=" + "a" * 20000), 2,
+         ("experts.model", "(20000 characters) is not a model name", "at most 1024 characters"),
+         extra=short_message(400)),
+    Case("config-lr-nan", "`experts.train.lr=nan`",
+         run_set("experts.train.lr=nan"), 2, ("experts.train.lr", "expected a finite number", "nan")),
+    Case("config-lr-inf", "`experts.train.lr=inf`",
+         run_set("experts.train.lr=inf"), 2, ("experts.train.lr", "expected a finite number", "inf")),
+    Case("config-max-length-tiny", "`experts.train.max_length=1`",
+         run_set("experts.train.max_length=1"), 2, ("experts.train.max_length", "out of range", ">= 16")),
+    Case("config-bad-bucket-name", "`storage.bucket=My_Bucket` (not an S3 bucket name)",
+         run_set("storage.bucket=My_Bucket"), 2, ("storage.bucket", "'My_Bucket'", "not an S3 bucket name"),
+         extra=no_regex_dump),
+    Case("env-endpoint-not-url", "`S3_ENDPOINT_URL=notaurl` (`ensemw2s runs list`)",
+         cli("runs", "list", "--config", TINY, S3_ENDPOINT_URL="notaurl"), 2,
+         ("S3_ENDPOINT_URL", "'notaurl'", "http://")),
+    Case("compile-output-is-folder", "`ensemw2s compile -o <an existing folder>`",
+         cli("compile", "--config", TINY, "-o", lambda c: c.write("outdir/keep", "").parent), 2,
+         ("-o", "outdir", "is a folder", "pipeline.yaml")),
+    Case("runs-log-tail-negative", "`ensemw2s runs log RUN STEP --tail -5`",
+         cli("runs", "log", "r1", "split_data", "--tail", "-5"), 2, ("--tail", "-5", ">= 1")),
+    Case("runs-log-tail-zero", "`ensemw2s runs log RUN STEP --tail 0`",
+         cli("runs", "log", "r1", "split_data", "--tail", "0"), 2, ("--tail", "0 is out of range", ">= 1")),
+    Case("runs-page-output-is-file", "`ensemw2s runs page -o <an existing file>`",
+         cli("runs", "page", "-o", lambda c: c.write("page.html", "x\n"), "--config", TINY, "--set",
+             lambda c: f"storage.bucket={c.store.bucket}", s3=True), 2,
+         ("-o", "page.html", "is not a folder"), s3=True),
     Case("step-round-out-of-range", "`train_expert --round 5` with `boosting.rounds: 2`",
          step("train_expert", "--config", TINY, "--round", "5", "--splits", lambda c: c.tmp / "s", "--state",
               lambda c: c.tmp / "t", "--expert", lambda c: c.tmp / "e"),
@@ -451,6 +597,10 @@ CASES: list[Case] = [
     # ---------------------------------------------------------------- names (run ids, steps, keys)
     Case("run-id-dotdot", "`ensemw2s run --run-id ../x`",
          cli("run", "--config", TINY, "--run-id", "../x"), 1, ("invalid run id '../x'", "without '..'")),
+    Case("run-id-empty", "`ensemw2s run --run-id \"\"`",
+         cli("run", "--config", TINY, "--run-id", ""), 1, ("invalid run id ''",)),
+    Case("run-id-trailing-dot", "`ensemw2s run --run-id x.`",
+         cli("run", "--config", TINY, "--run-id", "x."), 1, ("invalid run id 'x.'", "not ending in '.'")),
     Case("run-id-slash", "run id `a/b` (storage.validate_name)",
          api(validate("run id", "a/b")), None, ("invalid run id 'a/b'",), exc="StorageError"),
     Case("run-id-control-char", "run id with a control character (`a\\x1bb`)",
@@ -470,6 +620,15 @@ CASES: list[Case] = [
     Case("jsonl-empty-choices", "`choices: []`",
          api(read_jsonl_of(lambda c: jsonl(c, "d.jsonl", [row(1, choices=[], answer_index=None)]))),
          None, ("d.jsonl:1", "row 'q1'", "empty choices"), exc="DataError"),
+    Case("jsonl-one-choice", "a row with a single choice",
+         api(read_jsonl_of(lambda c: jsonl(c, "d.jsonl", [row(1), row(2, choices=["2"])]))),
+         None, ("d.jsonl:2", "row 'q2'", "has 1 choice", "at least 2"), exc="DataError"),
+    Case("jsonl-duplicate-choices", "a row with the same option twice",
+         api(read_jsonl_of(lambda c: jsonl(c, "d.jsonl", [row(1, choices=["1", "2", "1"])]))),
+         None, ("d.jsonl:1", "row 'q1'", "duplicate choices ('1' twice)"), exc="DataError"),
+    Case("jsonl-answer-index-string", "`answer_index: \"1\"` (a string)",
+         api(read_jsonl_of(lambda c: jsonl(c, "d.jsonl", [row(1, answer_index="1")]))),
+         None, ("d.jsonl:1", "row 'q1'", "answer_index must be an integer", "'1' (str)"), exc="DataError"),
     Case("jsonl-duplicate-id", "two rows with the same id",
          api(read_jsonl_of(lambda c: jsonl(c, "d.jsonl", [row(1), row(2), row(3, id="q1")]))),
          None, ("d.jsonl", "duplicate id 'q1'", "line 3"), exc="DataError"),
@@ -493,8 +652,20 @@ CASES: list[Case] = [
               "--splits", lambda c: c.tmp / "s", "--state", lambda c: c.tmp / "t", isolated=False),
          1, ("e.jsonl:2", "row 'q5'", "missing field(s) question")),
     Case("split-empty-after-filter", "every row filtered out (`data.max_choices=2`, rows with 3 options)",
-         api(empty_split), None, ("split 'easy_train' is empty after filtering", "data.easy='jsonl'",
-                                  "lower the sizes"), exc="DataError"),
+         api(empty_split), None, ("data.easy_train:", "rows needed but only 0 available", "data.easy='jsonl'",
+                                  "0 rows read after filtering", "give more rows"), exc="DataError"),
+    Case("split-too-few-rows", "`data.easy_train=100000` with the tiny config's ARC-Easy (split_data step)",
+         split_step("data.easy_train=100000"), 1,
+         ("data.easy_train: 100000 rows needed but only", "data.easy='arc_easy'", "easy rows read after filtering",
+          "which need 100020 in all", "lower data.easy_train to at most"), extra=split_counts),
+    Case("jsonl-dataset-empty-file", "`data.easy: jsonl` on an empty file (split_data step)",
+         split_step("data.easy=jsonl", jsonl_path("empty.jsonl", 0)), 1,
+         ("data.easy_train: 24 rows needed but only 0 available", "0 easy rows read after filtering",
+          "which need 44 in all")),
+    Case("jsonl-dataset-five-rows", "`data.easy: jsonl` and `data.hard: jsonl` on a 5-row file (split_data step)",
+         split_step("data.easy=jsonl", "data.hard=jsonl", "data.difficulty=random", jsonl_path("five.jsonl", 5)), 1,
+         ("data.easy_train: 24 rows needed but only 0 available", "5 rows read after filtering",
+          "2 of them on the easy side", "which need 44 in all")),
     # ---------------------------------------------------------------- models
     Case("model-unknown-step", "`experts.model=nosuchmodel` in a single split_data step",
          step("split_data", "--config", TINY, "--set", "experts.model=nosuchmodel", "--splits",
@@ -557,8 +728,24 @@ CASES: list[Case] = [
          api(wrong_credentials), None, ("object storage check failed", "wrong credentials"),
          exc="StorageError", s3=True),
     Case("s3-missing-bucket", "a bucket that does not exist (`Store.check(create=False)`)",
-         api(missing_bucket), None, ("bucket ew2s-no-such-bucket-7f3a", "bucket does not exist (NoSuchBucket)"),
-         exc="StorageError", s3=True),
+         api(missing_bucket), None, ("bucket 'ew2s-no-such-bucket-7f3a' does not exist at http://", "(NoSuchBucket)",
+                                     "check storage.bucket"), exc="StorageError", s3=True),
+    Case("runs-list-typo-bucket", "a typo'd bucket for a read (`ensemw2s runs list --set storage.bucket=...`)",
+         cli("runs", "list", "--config", TINY, "--set", "storage.bucket=ew2s-typo-xyz", s3=True), 1,
+         ("bucket 'ew2s-typo-xyz' does not exist", "(NoSuchBucket)", "reading never creates a bucket"), s3=True,
+         extra=bucket_not_created("ew2s-typo-xyz")),
+    Case("runs-show-unknown-run", "`ensemw2s runs show <a run id that is not stored>`",
+         cli("runs", "show", "typo", "--config", TINY, "--set", lambda c: f"storage.bucket={c.store.bucket}",
+             s3=True), 1, ("no run 'typo'", "s3://", "ensemw2s runs list"), s3=True),
+    Case("s3-not-s3-api", "`storage.endpoint` is a plain web server, not S3 (`ensemw2s runs list`)",
+         cli_at_web_server("runs", "list", "--config", TINY, "--set", "storage.endpoint=@URL@",
+                           AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y"), 1,
+         ("object storage check failed", "endpoint http://127.0.0.1:", "does not answer like an S3 API",
+          "HTTP 404")),
+    Case("s3-not-s3-api-redirect", "`storage.endpoint` is a web server that redirects the bucket's URL",
+         cli_at_web_server("runs", "list", "--config", TINY, "--set", "storage.endpoint=@URL@", folders=("ensemw2s",),
+                           AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y"), 1,
+         ("object storage check failed", "does not answer like an S3 API", "redirects every request")),
     # ---------------------------------------------------------------- cluster
     Case("config-bad-prompt", "unknown prompt form (`data.prompt=letters`)",
          run_set("data.prompt=letters"), 2, ("data.prompt", "'letters'", "allowed values: mc, rc")),
@@ -575,6 +762,16 @@ CASES: list[Case] = [
     Case("schedule-5-field-cron", "`ensemw2s schedule --cron \"0 3 * * *\"` (KFP wants 6 fields)",
          cli("schedule", "--host", "http://127.0.0.1:9", "--cron", "0 3 * * *", "--config", TINY), 2,
          ("0 3 * * *", "6 fields")),
+    Case("kfp-not-kfp-api", "`ensemw2s submit --host <a plain web server>`",
+         cli_at_web_server("submit", "--host", "@URL@", "--config", TINY), 1,
+         ("--host http://127.0.0.1:", "is not a KFP API", "/apis/v2beta1/healthz", "HTTP 404"),
+         extra=faster_than(10)),
+    Case("kfp-not-kfp-api-schedule", "`ensemw2s schedule --host <a plain web server>`",
+         cli_at_web_server("schedule", "--host", "@URL@", "--cron", "0 0 3 * * *", "--config", TINY), 1,
+         ("--host http://127.0.0.1:", "is not a KFP API"), extra=faster_than(10)),
+    Case("kfp-unreachable", "`ensemw2s submit --host http://127.0.0.1:9` (nothing listens)",
+         cli("submit", "--host", "http://127.0.0.1:9", "--config", TINY), 1,
+         ("cannot reach the KFP API at http://127.0.0.1:9",), extra=faster_than(10)),
 ]
 # fmt: on
 

@@ -308,7 +308,7 @@ def test_unreachable_endpoint_fails_fast():
 
 def test_missing_bucket_without_create(s3_env, store_factory):
     st = Store.from_config(StorageConfig(bucket="ew2s-does-not-exist"))
-    with pytest.raises(StorageError, match="bucket does not exist") as err:
+    with pytest.raises(StorageError, match="bucket .ew2s-does-not-exist. does not exist at") as err:
         st.check(create=False)
     assert s3_env.endpoint in str(err.value) and "ew2s-does-not-exist" in str(err.value)
 

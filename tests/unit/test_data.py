@@ -1,6 +1,7 @@
 """Rows, ids, JSONL, prompts and the difficulty split (generated rows); the dataset registry (in assets) and the
 real datasets in one test each."""
 import json
+import re
 
 import pytest
 
@@ -55,7 +56,8 @@ def test_official_splits_are_respected():
 
 
 def test_empty_split_is_an_error():
-    with pytest.raises(data.DataError, match="split 'easy_train' is empty"):
+    with pytest.raises(data.DataError, match=r"data.easy_train: 10 rows needed but only 0 available .*10 easy rows "
+                                             r"read after filtering, shared by the easy splits"):
         data.split_rows(_small_cfg(), [_row(i) for i in range(10)], [_row(900 + i) for i in range(20)], seed=0)
 
 
@@ -156,3 +158,16 @@ def test_real_arc_to_sciq_split(tiny_assets):
     assert len(ids) == len(set(ids)) == 170
     positions = [r["answer_index"] for r in s["hard_test"] + s["hard_pool"]]
     assert len(set(positions)) >= 3, "SciQ options must be shuffled"
+
+
+def test_unscorable_choices_refused_in_a_users_file_kept_for_load_side(tmp_path):
+    one = {**_row(1), "choices": ["only"], "answer": "only", "answer_index": 0}
+    dup = {**_row(2), "choices": ["a", "b", " A "], "answer": "b", "answer_index": 1}
+    for bad, msg in ((one, "has 1 choice; multiple-choice rows need at least 2"),
+                     (dup, "has duplicate choices ('a' twice)")):
+        p = tmp_path / "d.jsonl"
+        data.write_jsonl(p, [_row(0), bad])
+        with pytest.raises(data.DataError, match=re.escape(f"d.jsonl:2: row {bad['id']!r} {msg}")):
+            data.read_jsonl(p)
+        assert len(data.read_jsonl(p, strict_choices=False)) == 2
+    assert data.choice_problem(["x", "y"]) is None

@@ -23,3 +23,14 @@ def test_plot_by_round_copes_with_missing_values(tmp_path):
     assert (tmp_path / "empty.png").is_file()
     with pytest.raises(ValueError, match="no run"):
         plot_by_round([], tmp_path / "none.png")
+
+
+def test_single_expert_line_says_which_single_expert():
+    """The dashed line is weak_single: the expert on all easy data under ensemble.single=full (the default),
+    the round-1 boosting expert under round1 (issue 25: it was always labelled "round 1")."""
+    from ensemw2s.plots import SINGLE_LABELS, single_label
+
+    assert single_label([{"single_definition": "full"}]) == "single expert (all easy data)"
+    assert single_label([{"single_definition": "round1"}] * 2) == "single expert (the round-1 expert)"
+    assert single_label([{}]) == single_label([{"single_definition": "full"}, {"single_definition": "round1"}]) \
+        == SINGLE_LABELS[None]

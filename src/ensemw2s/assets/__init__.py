@@ -42,7 +42,7 @@ from ensemw2s.assets import datasets as _datasets
 from ensemw2s.assets import models as _models
 from ensemw2s.assets import wheels as _wheels
 from ensemw2s.assets.wheels import Log
-from ensemw2s.data import ROW_FIELDS, read_jsonl, write_jsonl
+from ensemw2s.data import ROW_FIELDS, choice_problem, read_jsonl, write_jsonl
 from ensemw2s.errors import AssetError, DataError
 
 ENV_HOME = "ENSEMW2S_HOME"
@@ -187,7 +187,7 @@ def dataset_file(name: str, split: str) -> Path:
 def _asset_rows(dataset: str, splits: dict[str, str | None]) -> list[dict]:
     rows = []
     for native, ours in splits.items():
-        for r in read_jsonl(dataset_file(dataset, native)):
+        for r in read_jsonl(dataset_file(dataset, native), strict_choices=False):  # load_side drops those
             rows.append({**r, "split": ours})
     return rows
 
@@ -249,21 +249,29 @@ register_dataset("jsonl", _load_jsonl, license="user-provided", chance=None, dis
                  description="any JSONL file with the row schema (difficulty column or data.difficulty_column)")
 
 
-def load_side(cfg, side: str) -> list[dict]:
+def load_side(cfg, side: str, dropped: Optional[dict] = None) -> list[dict]:
     """The rows of the dataset ``cfg.<side>`` (``cfg``: the DataConfig, ``side``: "easy" or "hard"): each id
-    once (its first occurrence), at most ``cfg.max_choices`` options."""
+    once (its first occurrence), at most ``cfg.max_choices`` options, and none whose options cannot be scored
+    (:func:`ensemw2s.data.choice_problem`: ARC, SciQ and MMLU hold a few rows with two equal options).
+    ``dropped`` (a dict) receives the counts of rows left out, by reason."""
     name = getattr(cfg, side)
     if name not in DATASETS:
         raise DataError(f"data.{side}: unknown dataset {name!r}; registered: {', '.join(sorted(DATASETS))}")
     rows = DATASETS[name]["loader"](cfg, side)
     out, seen = [], set()
+    counts = {"over_max_choices": 0, "unscorable_choices": 0}
     for r in rows:  # one question can appear in two native splits; keep its first occurrence
         if r["id"] in seen:
             continue
         seen.add(r["id"])
         if len(r["choices"]) > cfg.max_choices:
-            continue
-        out.append(r)
+            counts["over_max_choices"] += 1
+        elif choice_problem(r["choices"]):
+            counts["unscorable_choices"] += 1
+        else:
+            out.append(r)
+    if dropped is not None:
+        dropped.update({f"{side}_{k}": v for k, v in counts.items()})
     return out
 
 

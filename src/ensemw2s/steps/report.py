@@ -51,6 +51,7 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
                      "weights_ess": exp.get("weights_ess"), "drawn_fraction": exp.get("drawn_fraction"),
                      "active_rounds": exp["active_rounds"], "chosen_rounds": exp.get("chosen_rounds"),
                      "val_acc_by_round": exp.get("val_acc_by_round"),
+                     "single_definition": (exp.get("single") or {}).get("definition"),  # ensemble.single
                      "eval_seconds": {t: i["seconds"] for t, i in infos.items()}, **(extra or {})}
     from ensemw2s.assets import model_display_name
 

@@ -80,8 +80,9 @@ def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, st
     from ensemw2s import assets
 
     assets.resolve_model(weak.model)  # an unknown model name fails here, before the data are loaded
-    easy_rows = load_side(data, "easy")
-    hard_rows = None if data.easy == data.hard else load_side(data, "hard")
+    dropped: dict = {}  # rows left out by reason (too many options, options that cannot be scored)
+    easy_rows = load_side(data, "easy", dropped)
+    hard_rows = None if data.easy == data.hard else load_side(data, "hard", dropped)
     loaded = _model_difficulty(easy_rows, data, weak, seed) if needs_model_difficulty(data) else None
     splits = split_rows(data, easy_rows, hard_rows, seed)
     if data.prompt != "mc":  # the prompt form travels with the rows (every step formats prompts from rows)
@@ -92,7 +93,7 @@ def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, st
     info = {"sizes": {k: len(v) for k, v in splits.items()}, "easy": data.easy, "hard": data.hard,
             "difficulty": data.difficulty, "seed": seed,
             "licenses": {d: DATASETS[d]["license"] for d in {data.easy, data.hard}},
-            "chance": DATASETS[data.hard]["chance"]}
+            "chance": DATASETS[data.hard]["chance"], "dropped": dropped}
     write_json(splits_dir / "split.json", info)
 
     model, tok = loaded or load_causal_lm(weak.model)  # the base model is loaded once per step
@@ -108,7 +109,8 @@ def run(data: DataConfig, weak: ModelSection, *, seed: int, splits_dir: Path, st
     write_json(state_dir / "state.json", {"round": 1, "stopped": False, "experts": [], "n_tokens": n,
                                           "weak_model": weak.model, "tokenizer": tokenizer_signature(tok),
                                           "vocab_size": len(tok), "max_length": weak.train.max_length})
-    io.publish(outputs, message=", ".join(f"{k}={v}" for k, v in info["sizes"].items()) + f"; {n} answer tokens")
+    io.publish(outputs, message=", ".join(f"{k}={v}" for k, v in info["sizes"].items()) + f"; {n} answer tokens; "
+               "rows left out: " + (", ".join(f"{k}={v}" for k, v in dropped.items() if v) or "none"))
     return info
 
 
