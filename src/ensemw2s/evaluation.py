@@ -8,6 +8,7 @@ is scored without another model pass.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -304,23 +305,31 @@ def pgr_shown(metrics: dict, name: str) -> tuple[Optional[float], str]:
             return None, f"{label}: no ceiling in this run"
         return None, (f"{label}: not shown — the paired interval of ceiling − {weak} was not recorded for this run "
                       f"(unguarded value {_fmt(value)})")
-    if gap[0] > 0 and gap[1] > 0 and value is not None:
-        return value, f"{label} = {value:.3f} (OOD; gap ceiling − {weak} = {_diff_text(gap)})"
-    return None, f"{label}: no gap to recover (ceiling − {weak} = {_diff_text(gap)}, OOD, n={gap[3]})"
+    if not _gap_clear(gap):
+        return None, f"{label}: no gap to recover (ceiling − {weak} = {_diff_text(gap)}, OOD, n={gap[3]})"
+    if value is None or not math.isfinite(value):  # build_metrics gives NaN when the student is missing
+        return None, f"{label}: no student in this run (gap ceiling − {weak} = {_diff_text(gap)})"
+    return value, f"{label} = {value:.3f} (OOD; gap ceiling − {weak} = {_diff_text(gap)})"
+
+
+def _gap_clear(gap: tuple) -> bool:
+    """A paired ceiling − weak difference (:func:`_paired`) above 0 with its 95 % interval above 0."""
+    return gap[0] > 0 and gap[1] > 0
 
 
 NO_GAP = "no gap"  # what a one-cell surface (runs list / compare, the site index) shows for a guarded PGR
 
 
 def guarded(metrics: dict, key: str):
-    """``metrics[key]`` for a table cell; a PGR goes through :func:`pgr_shown` and reads :data:`NO_GAP` (or None
-    when the run has no ceiling) where the ceiling − weak gap is noise."""
+    """``metrics[key]`` for a table cell; a PGR goes through :func:`pgr_shown` and reads :data:`NO_GAP` where
+    the ceiling − weak gap is noise (None when there is no PGR to show for another reason)."""
     if key not in PGR_GAPS:
         return metrics.get(key)
-    value, why = pgr_shown(metrics, key)
+    value, _ = pgr_shown(metrics, key)
     if value is not None:
         return value
-    return NO_GAP if "no gap to recover" in why else None
+    gap = _paired(metrics, PGR_GAPS[key][1], "ood")
+    return NO_GAP if gap is not None and not _gap_clear(gap) else None
 
 
 VERDICTS = (("ensemble_minus_single", "ensemble vs single expert"),
@@ -348,6 +357,11 @@ def verdict_lines(metrics: dict) -> list[str]:
     return lines
 
 
+# the lines above the PGRs and above the verdicts, in report.md and on the run page (ensemw2s.site)
+PGR_NOTE = ("Accuracies with their 95 % Wilson interval. PGR = (student − weak) / (ceiling − weak), shown only where "
+            "the paired ceiling − weak gap is above 0 beyond noise:")
+VERDICTS_TITLE = "Verdicts (paired, same questions, 95 % bootstrap interval):"
+
 # shown under a run whose ceiling has no gap over the weak model (the default setting's case; docs/results.md)
 NO_GAP_HINT = ("This setting shows no weak-to-strong gap at this size, so PGR and the students say nothing about "
                "the method here. The setting measured with a real gap is configs/science_1p5b.yaml (SmolLM2 experts, "
@@ -359,7 +373,7 @@ NO_GAP_HINT = ("This setting shows no weak-to-strong gap at this size, so PGR an
 def no_gap(metrics: dict) -> bool:
     """True when the run has a ceiling and its OOD gap over the single expert is not above 0 beyond noise."""
     gap = _paired(metrics, "ceiling_minus_single", "ood")
-    return gap is not None and not gap[1] > 0
+    return gap is not None and not _gap_clear(gap)
 
 
 def report_rows(metrics: dict) -> list[list[str]]:
@@ -406,12 +420,11 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
         "|" + "---|" * len(REPORT_COLUMNS),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in report_rows(metrics)]
-    lines += ["", "Accuracies with their 95 % Wilson interval. PGR = (student − weak) / (ceiling − weak), shown only "
-              "where the paired ceiling − weak gap is above 0 beyond noise:", ""]
+    lines += ["", PGR_NOTE, ""]
     lines += [f"- {pgr_shown(metrics, name)[1]}" for name in PGR_GAPS]
     verdicts = verdict_lines(metrics)
     if verdicts:
-        lines += ["", "Verdicts (paired, same questions, 95 % bootstrap interval):", ""]
+        lines += ["", VERDICTS_TITLE, ""]
         lines += [f"- {v}" for v in verdicts]
     if no_gap(metrics):
         lines += ["", f"**{NO_GAP_HINT}**"]

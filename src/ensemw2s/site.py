@@ -24,7 +24,9 @@ from ensemw2s.evaluation import (
     MODEL_LABELS,
     NO_GAP_HINT,
     PGR_GAPS,
+    PGR_NOTE,
     REPORT_COLUMNS,
+    VERDICTS_TITLE,
     guarded,
     no_gap,
     paired_lines,
@@ -101,12 +103,11 @@ def results_section(m: dict) -> list[str]:
             f"generation). ID = easy_test (n={esc(m.get('n_id'))}), OOD = hard_test (n={esc(m.get('n_ood'))}). "
             f"Weak experts: {esc(m.get('weak_model') or '?')}; strong student: {esc(m.get('strong_model') or '?')}.</p>",
             _table(list(REPORT_COLUMNS), rows, cls="results"),
-            "<p>Accuracies with their 95 % Wilson interval. PGR = (student − weak) / (ceiling − weak), shown only "
-            "where the paired ceiling − weak gap is above 0 beyond noise:</p>",
+            f"<p>{esc(PGR_NOTE)}</p>",
             "<ul class=\"pgr\">" + "".join(f"<li>{esc(pgr_shown(m, name)[1])}</li>" for name in PGR_GAPS) + "</ul>"]
     verdicts = verdict_lines(m)
     if verdicts:
-        body.append("<p>Verdicts (paired, same questions, 95 % bootstrap interval):</p><ul class=\"verdicts\">"
+        body.append(f"<p>{esc(VERDICTS_TITLE)}</p><ul class=\"verdicts\">"
                     + "".join(f"<li>{esc(v)}</li>" for v in verdicts) + "</ul>")
     if no_gap(m):
         body.append(f"<p class=\"no-gap\"><b>{esc(NO_GAP_HINT)}</b></p>")

@@ -111,8 +111,9 @@ def resolve_credentials(cfg: StorageConfig) -> tuple[str, str | None, str | None
 def storage_env(cfg: StorageConfig, *, start_embedded: bool = True) -> dict:
     """Point this process (and the step subprocesses it starts) at the object store of ``cfg``; start the
     embedded SeaweedFS server when no endpoint is configured. Returns a description (no secrets)."""
-    if cfg.endpoint or _env_endpoint():
-        return {"endpoint": cfg.endpoint or _env_endpoint(), "embedded": False}
+    endpoint = cfg.endpoint or _env_endpoint()
+    if endpoint:
+        return {"endpoint": endpoint, "embedded": False}
     from ensemw2s import s3server
 
     info = s3server.ensure_running() if start_embedded else s3server.status()

@@ -110,3 +110,10 @@ def test_every_surface_shows_the_guarded_pgr(tmp_path):
     assert " no gap " in listing.splitlines()[-1] and "-1.000" not in listing
     clear = _metrics({"weak_single": 30, "ensemble": 30, "student_single": 50, "student_ensemble": 50, "ceiling": 70})
     assert " 0.500 " in runs.format_list([{**rec, "metrics": clear}]).splitlines()[-1]
+
+
+def test_clear_gap_without_a_student_is_not_called_no_gap():
+    m = _metrics({"weak_single": 30, "ensemble": 30, "ceiling": 70})  # no students trained
+    value, line = ev.pgr_shown(m, "pgr_single")
+    assert value is None and line.startswith("PGR_single: no student in this run (gap ceiling − weak_single = +0.400")
+    assert ev.guarded(m, "pgr_single") is None
