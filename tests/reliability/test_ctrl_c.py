@@ -27,8 +27,11 @@ def test_ctrl_c_stops_the_run_says_how_to_resume_and_records_it(s3_env, store, t
     args = [sys.executable, "-m", "ensemw2s.cli", "run", "--config", "configs/tiny.yaml", "--run-id", run_id,
             "--set", f"storage.bucket={store.bucket}"]
     env = {**os.environ, "ENSEMW2S_PROGRESS": "0"}
+    # as from a terminal: SIGINT at its default action. A suite started in the background (`make test &`, some CI
+    # shells) inherits SIGINT ignored, and an ignored SIGINT stays ignored across exec, so Python would never
+    # raise KeyboardInterrupt in the run
     p = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     started = threading.Event()
 
