@@ -92,6 +92,8 @@ def cmd_runs(args) -> int:
         print(text)
         print(f"(log: {where})")
         return 0
+    if args.runs_command == "page":  # a wrong -o fails before the store is opened (or the server started)
+        runs.site_dir(args.output)
     store = runs.open_store(cfg.storage)
     if args.runs_command == "list":
         print(runs.format_list(runs.list_runs(store)))

@@ -364,14 +364,25 @@ def format_compare(cmp: dict) -> str:
 # --------------------------------------------------------------------------- the site, logs
 
 
+def site_dir(out_dir) -> Path:
+    """``runs page -o``: the output folder, checked before the store is opened (the cli calls this first): an
+    existing file, or a file where one of its parent folders should be, is refused (exit 2)."""
+    out_dir = Path(out_dir)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "exists and is not a folder" if p == out_dir else f"{p} is a file, not a folder"
+                raise ConfigError(f"-o {out_dir}: {what}; name a folder for index.html and the run pages")
+            break
+    return out_dir
+
+
 def write_site(store, run_ids: list[str], out_dir: Path, *, upload: bool = True, log=print) -> dict:
     """``runs page``: the static site of :mod:`ensemw2s.site` in ``out_dir`` (``index.html`` and one page per
     run), each run's page also uploaded to ``runs/<run_id>/report/page.html`` (``upload``)."""
     from ensemw2s import site
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"-o {out_dir}: exists and is not a folder; name a folder for index.html and the run pages")
+    out_dir = site_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids = expand(store, run_ids) if run_ids else [r["run_id"] for r in list_runs(store)
                                                   if r["kind"] == "run" and r["metrics"] is not None]

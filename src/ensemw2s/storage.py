@@ -354,12 +354,15 @@ class Store:
             return
         except ClientError as exc:
             code = _error_code(exc)
-            if code.isdigit():  # an HTTP status without an S3 error document: not an S3 API at all
+            # an HTTP status without an S3 error document: a bare 404 is a missing bucket if the endpoint
+            # otherwise speaks S3 (some S3-compatible servers send no body, as every server does for a HEAD);
+            # anything else bare is not an S3 API at all (a web server, a proxy's error page)
+            if code.isdigit() and not (code == "404" and self._speaks_s3(exc)):
                 meta = exc.response.get("ResponseMetadata", {})
                 kind = (meta.get("HTTPHeaders") or {}).get("content-type", "no content type")
                 raise fail(f"the endpoint does not answer like an S3 API (HTTP {code}, {kind}, no S3 error "
                            "code); check storage.endpoint / S3_ENDPOINT_URL") from None
-            if code != "NoSuchBucket":
+            if code not in ("NoSuchBucket", "404"):
                 raise fail(_cause(exc)) from None
         except BotoCoreError as exc:
             raise fail(_cause(exc)) from None
@@ -367,7 +370,8 @@ class Store:
             raise fail("the endpoint does not answer like an S3 API (it redirects every request, with no S3 "
                        "region); check storage.endpoint / S3_ENDPOINT_URL") from None
         if not create:  # reads never create a bucket: a typo'd name must not leave one behind
-            raise MissingObjectError(f"bucket {self.bucket!r} does not exist at {self.endpoint} (NoSuchBucket); "
+            why = "NoSuchBucket" if code == "NoSuchBucket" else f"HTTP {code} without an S3 error code"
+            raise MissingObjectError(f"bucket {self.bucket!r} does not exist at {self.endpoint} ({why}); "
                                      "check storage.bucket (reading never creates a bucket)")
         try:
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
@@ -379,6 +383,27 @@ class Store:
                 raise fail(f"bucket does not exist and cannot be created: {_cause(exc)}") from None
         except BotoCoreError as exc:
             raise fail(_cause(exc)) from None
+
+    def _speaks_s3(self, exc) -> bool:
+        """Whether the endpoint, whose answer ``exc`` to the bucket was a bare HTTP status (no S3 error
+        document), is an S3 API all the same: that answer carries S3 headers (``x-amz-request-id``,
+        ``x-amz-id-2``, ...), or ``ListBuckets`` answers like S3 (its result, S3 headers, or an S3 error
+        document such as AccessDenied for credentials that may not list buckets)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        def s3_headers(response: dict) -> bool:
+            headers = (response.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+            return any(str(h).lower().startswith("x-amz-") for h in headers)
+
+        if s3_headers(exc.response):
+            return True
+        try:
+            resp = self._probe.list_buckets()
+        except ClientError as other:
+            return not _error_code(other).isdigit() or s3_headers(other.response)
+        except (BotoCoreError, RecursionError):  # an HTML page that is not XML, a redirect loop, ...
+            return False
+        return "Owner" in resp or "Buckets" in resp or s3_headers(resp)
 
     # ------------------------------------------------------------------------------ single files
     def _exists(self, key: str) -> int | None:

@@ -6,7 +6,8 @@ one of
 - ``cli``:  ``python -m ensemw2s.cli ...`` in a subprocess (``isolated``: a fresh ENSEMW2S_HOME and no S3
   endpoint, so that starting the embedded server or the pipeline would leave a trace we assert is absent),
 - ``step``: ``python -m ensemw2s.steps.<step> ...`` in a subprocess,
-- ``api``:  a call into the package that must raise the named exception.
+- ``api``:  a call into the package that must raise the named exception,
+- a case of its own (``ctrl_c_run``: Ctrl-C to a running ``ensemw2s run``, exit 130).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -78,6 +80,7 @@ class Outcome:
     seconds: float
     output: str = ""
     exc: BaseException | None = None
+    pid: int | None = None  # a case that started a process group of its own: its leader (and group id)
 
 
 def _proc(
@@ -303,14 +306,20 @@ def mixed_tokenizer_model(ctx: Ctx) -> Path:
 
 def expert_inputs(ctx: Ctx, weak_model: str, tokenizer_signature: str) -> tuple[Path, Path]:
     """Local ``splits/`` and round-1 ``state/`` folders for train_expert (as split_data would write them)."""
+    from ensemw2s.modeling import load_tokenizer
+    from ensemw2s.training import encode_rows
+
     rows = [row(i) for i in range(4)]
     splits = ctx.tmp / "splits"
     state = ctx.tmp / "state"
     jsonl(ctx, "splits/easy_train.jsonl", rows)
+    # D_1 = 1/n per answer token (SmolLM2's tokenizer, the tiny models'), as split_data writes it
+    enc = encode_rows(load_tokenizer(str(tiny_model_dir())), rows, 160)
+    n = sum(e.n_answer for e in enc)
     jsonl(
         ctx,
         "state/weights.jsonl",
-        [{"id": r["id"], "weights": [0.125, 0.125], "base_wrong": [1, 0]} for r in rows],
+        [{"id": e.id, "weights": [1 / n] * e.n_answer, "base_wrong": [1] + [0] * (e.n_answer - 1)} for e in enc],
     )
     ctx.write(
         "state/state.json",
@@ -319,7 +328,7 @@ def expert_inputs(ctx: Ctx, weak_model: str, tokenizer_signature: str) -> tuple[
                 "round": 1,
                 "stopped": False,
                 "experts": [],
-                "n_tokens": 8,
+                "n_tokens": n,
                 "weak_model": weak_model,
                 "tokenizer": tokenizer_signature,
                 "vocab_size": 49152,
@@ -336,10 +345,14 @@ def smollm2_signature() -> str:
     return tokenizer_signature(load_tokenizer(str(tiny_model_dir())))
 
 
-def train_expert_with(model_fn: Callable[[Ctx], str], state_model_fn: Callable[[Ctx], str]):
+def train_expert_with(model_fn: Callable[[Ctx], str], state_model_fn: Callable[[Ctx], str], *overrides: str):
+    """The real train_expert step (round 1, local folders from :func:`expert_inputs`) of configs/tiny.yaml with
+    ``experts.model`` = ``model_fn(ctx)``, a state made for ``state_model_fn(ctx)`` and ``--set overrides``."""
+
     def run(ctx: Ctx) -> Outcome:
         model = model_fn(ctx)
         splits, state = expert_inputs(ctx, state_model_fn(ctx), smollm2_signature())
+        sets = [x for o in overrides for x in ("--set", o)]
         return _proc(
             ctx,
             "ensemw2s.steps.train_expert",
@@ -348,6 +361,7 @@ def train_expert_with(model_fn: Callable[[Ctx], str], state_model_fn: Callable[[
                 TINY,
                 "--set",
                 f"experts.model={model}",
+                *sets,
                 "--round",
                 "1",
                 "--splits",
@@ -361,6 +375,89 @@ def train_expert_with(model_fn: Callable[[Ctx], str], state_model_fn: Callable[[
         )
 
     return run
+
+
+def nothing_saved(ctx: Ctx, out: Outcome) -> None:
+    """train_expert wrote no adapter, no model and no expert.json (a diverged expert is never saved)."""
+    expert = ctx.tmp / "expert-out"
+    left = sorted(p.relative_to(expert).as_posix() for p in expert.rglob("*")) if expert.exists() else []
+    assert not left, f"a diverged expert left {left} in {expert}"
+
+
+CTRL_C_RUN = "ctrl-c"
+
+
+def ctrl_c_run(ctx: Ctx) -> Outcome:
+    """``ensemw2s run --config configs/tiny.yaml`` against the test S3 server, in a process group of its own; once
+    train_expert-r1 has started, SIGINT to the whole group, as a terminal sends it for Ctrl-C."""
+    args = [sys.executable, "-m", "ensemw2s.cli", "run", "--config", "configs/tiny.yaml", "--run-id", CTRL_C_RUN,
+            "--set", f"storage.bucket={ctx.store.bucket}"]
+    t0 = time.perf_counter()
+    # as from a terminal: SIGINT at its default action. A suite started in the background (`make test &`, some CI
+    # shells) inherits SIGINT ignored, and an ignored SIGINT stays ignored across exec, so Python would never
+    # raise KeyboardInterrupt in the run
+    p = subprocess.Popen(args, cwd=REPO, env=ctx.env(isolated=False, s3=True), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines: list[str] = []
+    err: list[str] = []
+    started = threading.Event()
+
+    def read_out():
+        for line in p.stdout:
+            lines.append(line)
+            if "train_expert-r1" in line and "started" in line:
+                started.set()
+
+    readers = [threading.Thread(target=read_out, daemon=True),
+               threading.Thread(target=lambda: err.extend(p.stderr), daemon=True)]
+    for r in readers:
+        r.start()
+    try:
+        if not started.wait(300):
+            pytest.fail("train_expert-r1 never started:\n" + "".join(lines) + "".join(err))
+        time.sleep(2)  # inside the step (its model is loading or training)
+        os.killpg(p.pid, signal.SIGINT)
+        rc = p.wait(timeout=120)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        raise
+    for r in readers:
+        r.join(10)
+    stderr = "".join(err)
+    message = (stderr.strip().splitlines() or [""])[-1]
+    return Outcome(rc, message, time.perf_counter() - t0, "".join(lines) + stderr, pid=p.pid)
+
+
+def _group_alive(pgid: int) -> list[str]:
+    out = subprocess.run(["ps", "-o", "pid=,pgid=,args=", "-e"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if ln.split()[1:2] == [str(pgid)]]
+
+
+def ctrl_c_checks(ctx: Ctx, out: Outcome) -> None:
+    """Beyond exit 130, one ``error:`` line and no traceback: the line says how to resume, no process of the run
+    survives, the run is recorded as interrupted (status.json, ``runs list``) with the steps done before."""
+    run_id, store = CTRL_C_RUN, ctx.store
+    assert "KeyboardInterrupt" not in out.output, out.output
+    assert out.message.startswith(f"error: run {run_id} interrupted (Ctrl-C)"), out.output
+    assert out.message.endswith(f"Resume with: ensemw2s run --run-id {run_id} --config configs/tiny.yaml"), out.output
+    deadline = time.time() + 20
+    while _group_alive(out.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _group_alive(out.pid), "processes of the run survived Ctrl-C"
+    status = store.get_json(run_id, "run-summary", "status.json")
+    assert status["status"] == "interrupted" and "train_expert-r1" in status["steps"], status
+    assert store.exists(run_id, "split_data", "timing.json")
+    assert not store.exists(run_id, "train_expert-r1", "timing.json")
+    listing = subprocess.run([sys.executable, "-m", "ensemw2s.cli", "runs", "list", "--config", "configs/tiny.yaml",
+                              "--set", f"storage.bucket={store.bucket}"], cwd=REPO,
+                             env=ctx.env(isolated=False, s3=True), capture_output=True, text=True,
+                             check=True).stdout
+    row = next(ln for ln in listing.splitlines() if ln.startswith(run_id))
+    done = sum(store.exists(run_id, s, "timing.json") for s in store.list_steps(run_id))
+    assert f"interrupted ({done}/17 steps done)" in row and done >= 1, listing
 
 
 def corrupt_artifact(ctx: Ctx) -> None:
@@ -502,6 +599,7 @@ class Case:
     s3: bool = False  # needs the test S3 server
     no_trace: bool = True  # isolated cli case: no server started, no pipeline folder created
     extra: Callable[[Ctx, Outcome], None] | None = field(default=None, repr=False)
+    marks: tuple = ()  # pytest marks of this row (``s3`` is added for ``s3=True``)
 
 
 def _not_executed(ctx: Ctx, out: Outcome) -> None:
@@ -586,10 +684,12 @@ CASES: list[Case] = [
          cli("runs", "log", "r1", "split_data", "--tail", "-5"), 2, ("--tail", "-5", ">= 1")),
     Case("runs-log-tail-zero", "`ensemw2s runs log RUN STEP --tail 0`",
          cli("runs", "log", "r1", "split_data", "--tail", "0"), 2, ("--tail", "0 is out of range", ">= 1")),
-    Case("runs-page-output-is-file", "`ensemw2s runs page -o <an existing file>`",
-         cli("runs", "page", "-o", lambda c: c.write("page.html", "x\n"), "--config", TINY, "--set",
-             lambda c: f"storage.bucket={c.store.bucket}", s3=True), 2,
-         ("-o", "page.html", "is not a folder"), s3=True),
+    Case("runs-page-output-is-file", "`ensemw2s runs page -o <an existing file>` (no S3 endpoint: checked first)",
+         cli("runs", "page", "-o", lambda c: c.write("page.html", "x\n"), "--config", TINY), 2,
+         ("-o", "page.html", "exists and is not a folder"), extra=faster_than(10)),
+    Case("runs-page-output-under-file", "`ensemw2s runs page -o page.html/site` (a file where a folder should be)",
+         cli("runs", "page", "-o", lambda c: c.write("page.html", "x\n") / "site", "--config", TINY), 2,
+         ("-o", "page.html/site", "page.html is a file, not a folder")),
     Case("step-round-out-of-range", "`train_expert --round 5` with `boosting.rounds: 2`",
          step("train_expert", "--config", TINY, "--round", "5", "--splits", lambda c: c.tmp / "s", "--state",
               lambda c: c.tmp / "t", "--expert", lambda c: c.tmp / "e"),
@@ -694,6 +794,11 @@ CASES: list[Case] = [
     Case("model-state-for-other-model", "train_expert with `experts.model` other than the state's weak model",
          train_expert_with(lambda c: str(mixed_tokenizer_model(c)), lambda c: "tiny-weak"),
          2, ("train_expert-r1", "experts.model is", "the state was made for 'tiny-weak'")),
+    # ---------------------------------------------------------------- training
+    Case("training-diverges", "train_expert with a learning rate that diverges (`experts.train.lr=1e30`)",
+         train_expert_with(lambda c: "tiny-weak", lambda c: "tiny-weak", "experts.train.lr=1e30"), 1,
+         ("expert r1: the training loss is", "at optimizer step", "(learning rate 1e+30)",
+          "the model diverged and nothing was saved", "lower the section's train.lr"), extra=nothing_saved),
     # ---------------------------------------------------------------- object storage
     Case("artifact-checksum-mismatch", "an artifact file whose checksum differs from its manifest",
          api(corrupt_artifact), None,
@@ -772,6 +877,11 @@ CASES: list[Case] = [
     Case("kfp-unreachable", "`ensemw2s submit --host http://127.0.0.1:9` (nothing listens)",
          cli("submit", "--host", "http://127.0.0.1:9", "--config", TINY), 1,
          ("cannot reach the KFP API at http://127.0.0.1:9",), extra=faster_than(10)),
+    # ---------------------------------------------------------------- interrupted
+    Case("run-ctrl-c", "Ctrl-C (SIGINT to the process group) while `ensemw2s run` is in train_expert-r1",
+         ctrl_c_run, 130, (f"error: run {CTRL_C_RUN} interrupted (Ctrl-C)",
+                           f"Resume with: ensemw2s run --run-id {CTRL_C_RUN} --config configs/tiny.yaml"),
+         s3=True, no_trace=False, extra=ctrl_c_checks, marks=(pytest.mark.timeout(600),)),
 ]
 # fmt: on
 
@@ -787,7 +897,9 @@ def test_catalogue_is_documented(repo_root):
     assert not missing, f"docs/errors.md lacks {missing}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.id, marks=(*c.marks, *((pytest.mark.s3,) if c.s3 else ()))) for c in CASES]
+)
 def test_bad_input(case: Case, tmp_path, request):
     s3 = store = None
     if case.s3:

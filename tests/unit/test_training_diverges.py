@@ -1,5 +1,8 @@
 """A diverging fine-tune stops with a one-line TrainingError and saves nothing (issue 25: `lr=inf` trained a NaN
-expert and the step exited 0; a finite but absurd lr diverges the same way, so the guard is in the loss)."""
+expert and the step exited 0; a finite but absurd lr diverges the same way, so the guard is in the loss).
+
+This is ``train_sft`` itself, with the lr=1e-4 control that the same run trains and saves; the bad-input
+catalogue's ``training-diverges`` row (tests/reliability/test_bad_inputs.py) runs the real train_expert step."""
 import pytest
 
 from ensemw2s.config import ModelSection
