@@ -13,8 +13,10 @@ Per boosting round, next to eps_t and alpha_t: the **effective sample size** of 
 (``1 / sum D^2`` as a fraction of the n answer tokens: 1 = uniform, small = a few tokens carry the weight) and,
 in ``resample`` mode, the fraction of answer tokens drawn at least once (the rest are masked out of the loss).
 
-Pure functions on plain records; :func:`diagnostics_metrics` gives the flat keys of ``metrics.json``,
-:func:`render_diagnostics` the report's Markdown section. Imports numpy only.
+Pure functions on plain records; :func:`diagnostics_metrics` gives the flat keys of ``metrics.json``;
+:func:`round_rows`, :func:`disagreement_matrix` and :func:`best_expert` read them back for every surface (the
+report's Markdown section, :func:`render_diagnostics`; the run page, :func:`ensemw2s.site.diagnostics_section`;
+``runs show``, :func:`ensemw2s.runs.format_diagnostics`; the plots of :data:`DIAG_PLOTS`). Imports numpy only.
 """
 from __future__ import annotations
 
@@ -99,31 +101,76 @@ def diagnostics_metrics(preds: Sequence[dict], *, method: str = "loglik") -> dic
     return m
 
 
-def _f(x, spec: str = ".3f") -> str:
-    return "—" if x is None else format(x, spec)
+DIAG_HEADING = "## Expert diagnostics"
+NOT_RECORDED = "Not recorded for this run (made before the evaluate step stored each expert alone)."
+DIAG_INTRO = ("An average of experts can only change answers on which they disagree; the oracle (any expert "
+              "right) bounds what combining them can reach.")
+# the report step writes these next to report.md (ensemw2s.plots.plot_disagreement, plot_expert_accuracy)
+DIAG_PLOTS = (("expert_disagreement.png", "disagreement of the experts"),
+              ("expert_accuracy_by_round.png", "accuracy by round, each expert alone and the ensemble"))
+# the per-round table of :func:`round_rows` (the report, the run page, ``runs show``)
+ROUND_COLUMNS = ("round", "eps", "eps prior", "alpha", "ESS of D_t / n", "tokens drawn", "expert alone ID",
+                 "expert alone OOD", "ensemble r1..t ID", "ensemble r1..t OOD")
+_ROUND_KEYS = ("eps", "eps_prior", "alphas", "weights_ess", "drawn_fraction")
+
+
+def has_diagnostics(metrics: Optional[dict]) -> bool:
+    """Whether the run recorded each expert alone (runs made before that have no ``diag_rounds``)."""
+    return bool((metrics or {}).get("diag_rounds"))
 
 
 def _at(values, i: int):
     return values[i] if values is not None and i < len(values) else None
 
 
-def render_diagnostics(metrics: dict) -> list[str]:
-    """The report's "Expert diagnostics" section as Markdown lines; a line saying they were not recorded for a
-    run that has none."""
+def round_rows(metrics: dict) -> list[list]:
+    """One row per round with its expert alone (:data:`ROUND_COLUMNS`): ``[t, eps, eps_prior, alpha, ESS, drawn,
+    expert alone ID, OOD, ensemble r1..t ID, OOD]``, numbers or None; round t sits at index t - 1 of the
+    per-round lists of ``metrics``."""
+    rows = []
+    for t in metrics.get("diag_rounds") or []:
+        row = [t] + [_at(metrics.get(k), t - 1) for k in _ROUND_KEYS]
+        row += [metrics.get(f"{expert_name(t)}_acc_{tag}") for tag in ("id", "ood")]
+        row += [metrics.get(f"ensemble_r{t}_acc_{tag}") for tag in ("id", "ood")]
+        rows.append(row)
+    return rows
+
+
+def disagreement_matrix(metrics: dict, tag: str) -> list[list[Optional[float]]]:
+    """Rounds × rounds (the order of ``diag_rounds``) pairwise disagreement on ``tag`` (``id`` | ``ood``),
+    symmetric; None on the diagonal and for a pair not recorded."""
+    rounds = metrics.get("diag_rounds") or []
+    return [[None if a == b else metrics.get(f"disagree_r{min(a, b)}_r{max(a, b)}_{tag}") for b in rounds]
+            for a in rounds]
+
+
+def best_expert(metrics: dict, tag: str) -> tuple[Optional[int], Optional[float]]:
+    """``(round, accuracy)`` of the most accurate expert alone on ``tag`` (picked on that test split, so an
+    optimistic reference); ``(None, None)`` without any."""
+    accs = [(metrics.get(f"{expert_name(t)}_acc_{tag}"), t) for t in metrics.get("diag_rounds") or []]
+    accs = [(a, t) for a, t in accs if a is not None]
+    if not accs:
+        return None, None
+    acc, t = max(accs, key=lambda x: (x[0], -x[1]))  # the earliest of equally accurate experts
+    return t, acc
+
+
+def _f(x, spec: str = ".3f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def render_diagnostics(metrics: dict, plots: Sequence[tuple[str, str]] = DIAG_PLOTS) -> list[str]:
+    """The report's "Expert diagnostics" section as Markdown lines, with links to ``plots`` (``(file, alt)``
+    next to report.md; ``()`` for none); one line saying they were not recorded for a run that has none."""
     rounds = metrics.get("diag_rounds")
-    lines = ["## Expert diagnostics", ""]
+    lines = [DIAG_HEADING, ""]
     if not rounds:
-        return lines + ["Not recorded for this run (made before the evaluate step stored each expert alone).", ""]
-    lines += ["An average of experts can only change answers on which they disagree; the oracle (any expert "
-              "right) bounds what combining them can reach.", "",
+        return lines + [NOT_RECORDED, ""]
+    lines += [DIAG_INTRO, "",
               "| round | eps | eps prior | alpha | ESS of D_t / n | tokens drawn | expert alone ID | OOD | "
-              "ensemble r1..t ID | OOD |", "|" + "---|" * 10]
-    for t in rounds:  # the per-round lists hold round t at index t - 1
-        row = [str(t)] + [_f(_at(metrics.get(k), t - 1))
-                          for k in ("eps", "eps_prior", "alphas", "weights_ess", "drawn_fraction")]
-        row += [_f(metrics.get(f"{expert_name(t)}_acc_{tag}")) for tag in ("id", "ood")]
-        row += [_f(metrics.get(f"ensemble_r{t}_acc_{tag}")) for tag in ("id", "ood")]
-        lines.append("| " + " | ".join(row) + " |")
+              "ensemble r1..t ID | OOD |", "|" + "---|" * len(ROUND_COLUMNS)]
+    for row in round_rows(metrics):
+        lines.append("| " + " | ".join([str(row[0])] + [_f(x) for x in row[1:]]) + " |")
     lines.append("")
     for tag in ("id", "ood"):
         lines.append(f"Oracle accuracy (any expert right), {tag.upper()}: {_f(metrics.get(f'oracle_acc_{tag}'))}; "
@@ -132,13 +179,10 @@ def render_diagnostics(metrics: dict) -> list[str]:
         lines += ["", "Pairwise disagreement (fraction of questions on which two experts choose different "
                   "options), OOD above the diagonal, ID below:", "",
                   "| | " + " | ".join(f"r{t}" for t in rounds) + " |", "|---|" + "---|" * len(rounds)]
-        for a in rounds:
-            cells = []
-            for b in rounds:
-                if a == b:
-                    cells.append("·")
-                else:
-                    lo, hi = min(a, b), max(a, b)
-                    cells.append(_f(metrics.get(f"disagree_r{lo}_r{hi}_{'ood' if a < b else 'id'}")))
+        mid, mood = disagreement_matrix(metrics, "id"), disagreement_matrix(metrics, "ood")
+        for i, a in enumerate(rounds):
+            cells = ["·" if i == j else _f((mood if i < j else mid)[i][j]) for j in range(len(rounds))]
             lines.append(f"| r{a} | " + " | ".join(cells) + " |")
+    if plots:
+        lines += [""] + [f"![{alt}]({name})" for name, alt in plots]
     return lines + [""]

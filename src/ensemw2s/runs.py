@@ -38,8 +38,8 @@ HEADLINE = (("weak_single_acc_ood", "weak OOD"), ("ensemble_acc_ood", "ens OOD")
 COMPARE_KEYS = ("weak_single_acc_id", "ensemble_acc_id", "student_ensemble_acc_id", "ceiling_acc_id",
                 "weak_single_acc_ood", "ensemble_acc_ood", "ensemble_uniform_acc_ood", "student_single_acc_ood",
                 "student_ensemble_acc_ood", "ceiling_acc_ood", "pgr_single", "pgr_ens",
-                "student_ensemble_labels_accuracy_vs_gold", "student_single_labels_accuracy_vs_gold", "n_id",
-                "n_ood")
+                "student_ensemble_labels_accuracy_vs_gold", "student_single_labels_accuracy_vs_gold",
+                "mean_disagreement_id", "mean_disagreement_ood", "oracle_acc_ood", "n_id", "n_ood")
 _STAMP_RE = re.compile(r"(20\d{6})-(\d{6})")
 
 
@@ -327,7 +327,8 @@ def format_show(rec: dict) -> str:
         out += ["", "runs of the grid (ensemw2s runs show <run id>):"] + [f"  {c}" for c in rec["children"]]
         return "\n".join(out)
     if rec["metrics"] is not None:
-        out += ["", render_report(rec["metrics"]).rstrip()]
+        out += ["", _without_diagnostics(render_report(rec["metrics"])).rstrip(), ""]
+        out += format_diagnostics(rec["metrics"])
     rows = [[st["key"], st["status"], "" if st["seconds"] is None else f"{st['seconds']:.1f}",
              st["log_uri"] or "", " ".join(st["outputs"].values())] for st in rec["steps"]]
     out += ["", "steps (seconds: the execution that computed the step; restored = copied from storage):",
@@ -336,6 +337,53 @@ def format_show(rec: dict) -> str:
         out.append(f"\nreport: {rec['report_uri']}  page: {rec.get('page_uri') or '(ensemw2s runs page ' + rec['run_id'] + ' -o DIR)'}")
     out.append(f"a step's full log: ensemw2s runs log {rec['run_id']} <step>")
     return "\n".join(out)
+
+
+def _without_diagnostics(md: str) -> str:
+    """report.md's text less its Markdown "Expert diagnostics" section (``runs show`` prints them as aligned
+    columns, :func:`format_diagnostics`)."""
+    from ensemw2s.diagnostics import DIAG_HEADING
+
+    start = md.find(DIAG_HEADING)
+    if start < 0:
+        return md
+    end = md.find("\n## ", start + len(DIAG_HEADING))
+    return md[:start] + (md[end + 1:] if end >= 0 else "")
+
+
+def format_diagnostics(m: dict) -> list[str]:
+    """The expert diagnostics of a run for the terminal (:mod:`ensemw2s.diagnostics`): the per-round table, the
+    oracle beside the ensemble and the best expert alone, the pairwise disagreement (ID and OOD side by side);
+    one line for a run that did not record them."""
+    from ensemw2s.diagnostics import (
+        NOT_RECORDED,
+        ROUND_COLUMNS,
+        best_expert,
+        disagreement_matrix,
+        has_diagnostics,
+        round_rows,
+    )
+    from ensemw2s.evaluation import acc_with_interval
+
+    if not has_diagnostics(m):
+        return ["expert diagnostics: " + NOT_RECORDED[0].lower() + NOT_RECORDED[1:]]
+    out = ["expert diagnostics (each boosting expert alone; an average can only change answers on which they "
+           "disagree):", table(list(ROUND_COLUMNS), [[str(r[0]), *[_f(x) for x in r[1:]]] for r in round_rows(m)])]
+    for tag in ("id", "ood"):
+        n = m.get(f"n_{tag}")
+        t, best = best_expert(m, tag)
+        out.append(f"{tag.upper():>3}: oracle (any expert right) {acc_with_interval(m.get(f'oracle_acc_{tag}'), n)}; "
+                   f"ensemble {acc_with_interval(m.get(f'ensemble_acc_{tag}'), n)}; best expert alone "
+                   + ("—" if t is None else f"{acc_with_interval(best, n)} (r{t})")
+                   + f"; mean pairwise disagreement {_f(m.get(f'mean_disagreement_{tag}'))}")
+    rounds = m["diag_rounds"]
+    if len(rounds) > 1:
+        mats = {tag: disagreement_matrix(m, tag) for tag in ("id", "ood")}
+        rows = [[f"r{a}", *["·" if i == j else _f(v) for tag in ("id", "ood") for j, v in enumerate(mats[tag][i])]]
+                for i, a in enumerate(rounds)]
+        out += ["pairwise disagreement (share of questions on which two experts choose different options):",
+                table(["", *[f"{tag.upper()} r{t}" for tag in ("id", "ood") for t in rounds]], rows)]
+    return out
 
 
 def format_compare(cmp: dict) -> str:

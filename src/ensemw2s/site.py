@@ -1,7 +1,8 @@
 """The results pages: self-contained static HTML (the plots embedded as base64 PNG data URIs, no script, no
 server), the same page wherever it is shown.
 
-- :func:`run_page`: one run — the results table, PGR and paired differences, accuracy by round, pseudo-label
+- :func:`run_page`: one run — the results table, PGR and paired differences, accuracy by round, the expert
+  diagnostics (:func:`diagnostics_section`: per-round table, pairwise disagreement, oracle), pseudo-label
   accuracy, per-step times (and, for a stored run, each step's status, artifacts and log). The report step
   writes it as ``report.html`` (the KFP UI's HTML artifact); ``ensemw2s runs page`` writes it per run and
   uploads it next to the run's report.
@@ -20,6 +21,15 @@ import re
 from typing import Optional
 
 from ensemw2s import plots
+from ensemw2s.diagnostics import (
+    DIAG_INTRO,
+    NOT_RECORDED,
+    ROUND_COLUMNS,
+    best_expert,
+    disagreement_matrix,
+    has_diagnostics,
+    round_rows,
+)
 from ensemw2s.evaluation import (
     MODEL_LABELS,
     NO_GAP_HINT,
@@ -27,6 +37,7 @@ from ensemw2s.evaluation import (
     PGR_NOTE,
     REPORT_COLUMNS,
     VERDICTS_TITLE,
+    acc_with_interval,
     guarded,
     no_gap,
     paired_lines,
@@ -118,6 +129,45 @@ def results_section(m: dict) -> list[str]:
     return body
 
 
+def diagnostics_section(m: dict) -> list[str]:
+    """The expert diagnostics of a run (:mod:`ensemw2s.diagnostics`): the oracle next to the ensemble and the
+    best expert alone, the mean disagreement, the per-round table, the pairwise disagreement matrices (ID, OOD)
+    and the two plots; for a run made before each expert alone was stored, one line saying so."""
+    body = ["<h2>Expert diagnostics</h2>"]
+    if not has_diagnostics(m):
+        body.append(f'<p class="muted diagnostics">{esc(NOT_RECORDED)}</p>')
+        return body
+    body.append(f"<p>{esc(DIAG_INTRO)} Accuracies with their 95 % Wilson interval; the best expert is picked on "
+                "the test split itself (an optimistic reference).</p>")
+    n = {tag: m.get(f"n_{tag}") for tag in ("id", "ood")}
+    best = {tag: best_expert(m, tag) for tag in ("id", "ood")}
+    rows = [["EnsemW2S ensemble", *[acc_with_interval(m.get(f"ensemble_acc_{t}"), n[t]) for t in ("id", "ood")]],
+            ["best expert alone", *["—" if best[t][0] is None else
+                                    f"{acc_with_interval(best[t][1], n[t])} (r{best[t][0]})" for t in ("id", "ood")]],
+            ["oracle (any expert right)", *[acc_with_interval(m.get(f"oracle_acc_{t}"), n[t]) for t in ("id", "ood")]],
+            ["mean pairwise disagreement", *[fmt(m.get(f"mean_disagreement_{t}")) for t in ("id", "ood")]]]
+    body.append(_table(["", "ID", "OOD"], [[esc(c) for c in r] for r in rows], cls="diag-summary"))
+    body.append("<p>Per round: eps_t and alpha_t, the effective sample size of the token weights D_t as a share of "
+                "the answer tokens (1 = uniform), the share of answer tokens drawn, each expert alone and the "
+                "ensemble of rounds 1..t.</p>")
+    body.append(_table(list(ROUND_COLUMNS), [[str(r[0]), *[fmt(x) for x in r[1:]]] for r in round_rows(m)],
+                       cls="diag-rounds"))
+    rounds = m["diag_rounds"]
+    if len(rounds) > 1:
+        body.append("<p>Pairwise disagreement: the fraction of questions on which two experts choose different "
+                    "options.</p>")
+        for tag, name in plots.PANELS:
+            mat = disagreement_matrix(m, tag)
+            rows = [[f"r{a}", *["·" if i == j else fmt(v) for j, v in enumerate(mat[i])]]
+                    for i, a in enumerate(rounds)]
+            body.append(f"<p>{esc(name)}:</p>")
+            body.append(_table(["", *[f"r{t}" for t in rounds]], rows, cls=f"disagree-{tag}"))
+        body.append(img(plots.png_bytes(plots.plot_disagreement, m), "disagreement of the experts"))
+    body.append(img(plots.png_bytes(plots.plot_expert_accuracy, m),
+                    "accuracy by round, each expert alone and the ensemble"))
+    return body
+
+
 def _label_rows(m: dict) -> list[list[str]]:
     return [[esc(name), fmt(m.get(f"student_{src}_labels_accuracy_vs_gold"))] for src, name in plots.LABEL_SOURCES
             if m.get(f"student_{src}_labels_accuracy_vs_gold") is not None]
@@ -143,6 +193,7 @@ def run_page(rec: dict, *, title: Optional[str] = None, back: Optional[str] = No
         body.append("<h2>Accuracy by round</h2>")
         body.append(f"<p>{esc(plots.caption(1))}</p>")
         body.append(img(plots.png_bytes(plots.plot_by_round, [m]), "ensemble accuracy by round"))
+        body += diagnostics_section(m)
         labels = _label_rows(m)
         if labels:
             body.append("<h2>Pseudo-label accuracy</h2>")
@@ -171,14 +222,21 @@ def run_page(rec: dict, *, title: Optional[str] = None, back: Optional[str] = No
 # --------------------------------------------------------------------------- several runs
 
 
+INDEX_DIAG_COLUMNS = (("mean_disagreement_id", "mean disagreement ID"),
+                      ("mean_disagreement_ood", "mean disagreement OOD"), ("oracle_acc_ood", "oracle OOD"))
+
+
 def index_page(cmp: dict, groups: list[dict]) -> str:
     """The page of several runs: ``cmp`` from :func:`ensemw2s.runs.compare`, ``groups`` from
     :func:`ensemw2s.runs.seed_groups`."""
     recs = cmp["runs"]
     body = [f"<h1>EnsemW2S runs ({len(recs)})</h1>",
-            "<p>Each run's own page has its results table, accuracy by round, pseudo-label accuracy and per-step "
-            "times. Accuracies by the primary method; 95 % intervals are ± 1.96 binomial standard errors.</p>",
+            "<p>Each run's own page has its results table, accuracy by round, expert diagnostics, pseudo-label "
+            "accuracy and per-step times. Accuracies by the primary method; 95 % intervals are Wilson score "
+            "intervals.</p>",
             "<h2>Runs</h2>"]
+    # the experts' mean disagreement and the oracle, as columns where a run recorded them
+    diag = [(k, h) for k, h in INDEX_DIAG_COLUMNS if any((r.get("metrics") or {}).get(k) is not None for r in recs)]
     rows = []
     for r in recs:
         m = r.get("metrics") or {}
@@ -186,9 +244,9 @@ def index_page(cmp: dict, groups: list[dict]) -> str:
                      esc(r.get("status")), *[fmt(guarded(m, k)) for k in ("weak_single_acc_ood", "ensemble_acc_ood",
                                                                      "student_ensemble_acc_ood", "ceiling_acc_ood",
                                                                      "pgr_ens")],
-                     esc(r.get("config_summary"))])
+                     *[fmt(m.get(k)) for k, _ in diag], esc(r.get("config_summary"))])
     body.append(_table(["run", "date (UTC)", "status", "weak OOD", "ensemble OOD", "student ← ens OOD", "ceiling OOD",
-                        "PGR ens", "config"], rows, cls="runs"))
+                        "PGR ens", *[h for _, h in diag], "config"], rows, cls="runs"))
     named = [(r["run_id"], r["metrics"]) for r in recs if r.get("metrics")]
     if len(named) > 1:
         body.append("<h2>Comparison</h2>")

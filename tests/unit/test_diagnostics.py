@@ -67,3 +67,43 @@ def test_report_section():
     assert "Oracle accuracy (any expert right), OOD: 0.750; mean pairwise disagreement: 0.583" in text
     assert "| r1 | · | 0.500 | 0.750 |" in text  # OOD above the diagonal
     assert "not recorded" in "\n".join(render_diagnostics({})).lower()
+
+
+# 3 experts x 5 questions per split, written out: (chosen option of r1, r2, r3) and the gold option; None = the
+# expert did not answer that question (disagreement is over the questions both answered, the oracle over the
+# questions every expert answered)
+HAND_ID = {"i1": ((0, 0, 0), 0), "i2": ((1, 0, 1), 0), "i3": ((2, 2, 1), 3), "i4": ((0, 1, 2), 2),
+           "i5": ((3, 3, 3), 1)}
+HAND_OOD = {"o1": ((0, 1, 1), 1), "o2": ((2, 2, 2), 2), "o3": ((0, 0, 3), 3), "o4": ((1, 1, 1), 0),
+            "o5": ((0, 2, None), 0)}
+
+
+def hand_predictions() -> list[dict]:
+    out = []
+    for split, case in (("easy_test", HAND_ID), ("hard_test", HAND_OOD)):
+        for qid, (chosen, gold) in case.items():
+            for t, k in enumerate(chosen, start=1):
+                if k is not None:
+                    out.append({"id": qid, "model": f"expert_r{t}", "split": split, "method": "loglik",
+                                "output": str(k), "chosen": k, "correct": k == gold})
+    return out
+
+
+def test_three_experts_five_questions_by_hand():
+    m = diagnostics_metrics(hand_predictions())
+    # ID: r1/r2 differ on i2, i4 (2/5); r1/r3 on i3, i4 (2/5); r2/r3 on i2, i3, i4 (3/5)
+    assert m["disagree_r1_r2_id"] == pytest.approx(2 / 5)
+    assert m["disagree_r1_r3_id"] == pytest.approx(2 / 5)
+    assert m["disagree_r2_r3_id"] == pytest.approx(3 / 5)
+    assert m["mean_disagreement_id"] == pytest.approx((0.4 + 0.4 + 0.6) / 3)
+    # someone right on i1 (all), i2 (r2), i4 (r3); nobody on i3, i5
+    assert m["oracle_acc_id"] == pytest.approx(3 / 5)
+    # OOD: r3 skipped o5. r1/r2 differ on o1, o5 (2/5); r1/r3 on o1, o3 of o1..o4 (2/4); r2/r3 on o3 (1/4)
+    assert m["disagree_r1_r2_ood"] == pytest.approx(2 / 5)
+    assert m["disagree_r1_r3_ood"] == pytest.approx(2 / 4)
+    assert m["disagree_r2_r3_ood"] == pytest.approx(1 / 4)
+    assert m["mean_disagreement_ood"] == pytest.approx((0.4 + 0.5 + 0.25) / 3)
+    # over o1..o4 (all three answered): right on o1 (r2, r3), o2 (all), o3 (r3); nobody on o4; o5 left out
+    assert m["oracle_acc_ood"] == pytest.approx(3 / 4)
+    # the oracle of one expert is its own accuracy: r1 alone is right on i1 only
+    assert oracle_accuracy(hand_predictions(), ["expert_r1"], "easy_test") == pytest.approx(1 / 5)

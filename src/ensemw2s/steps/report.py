@@ -30,8 +30,9 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
         run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True,
         extra: Optional[dict] = None) -> dict:
     from ensemw2s.data import read_jsonl, write_jsonl
+    from ensemw2s.diagnostics import DIAG_PLOTS
     from ensemw2s.evaluation import build_metrics, render_report
-    from ensemw2s.plots import plot_by_round
+    from ensemw2s.plots import plot_by_round, plot_disagreement, plot_expert_accuracy
     from ensemw2s.site import run_page
 
     out_dir = Path(out_dir)
@@ -65,6 +66,8 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
     write_json(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "predictions.jsonl", preds)
     plot_by_round([metrics], out_dir / "accuracy_by_round.png")
+    for (name, _), plot in zip(DIAG_PLOTS, (plot_disagreement, plot_expert_accuracy)):  # report.md links them
+        plot(metrics, out_dir / name)
     md = render_report(metrics, "accuracy_by_round.png")
     (out_dir / "report.md").write_text(md)
     # the page of `ensemw2s runs page`, plots embedded: what the KFP UI shows for the HTML artifact
