@@ -148,14 +148,14 @@ def pseudo_label(ensemble_cfg: str, source: str, rounds: int, run_id: str, stora
 
 def train_student(student_cfg: str, source: str, seed: int, run_id: str, storage_cfg: str,
                   labels: Input[Dataset], student: Output[Model], dtype: str = "float32"):
-    from ensemw2s.config import ModelSection, StorageConfig, section_from_json
+    from ensemw2s.config import StorageConfig, StudentSection, section_from_json
     from ensemw2s.steps import keys
     from ensemw2s.steps import train_student as step
     from ensemw2s.steps.stepio import kfp_point, kfp_work_dir
 
     storage = section_from_json(StorageConfig, storage_cfg, "storage")
     work = kfp_work_dir(student.path, run_id, keys.train_student(source), "student")
-    step.run(section_from_json(ModelSection, student_cfg, "student"), source=source, seed=seed,
+    step.run(section_from_json(StudentSection, student_cfg, "student"), source=source, seed=seed,
              labels_dir=labels.path, student_dir=work, run_id=run_id or None, storage=storage, dtype=dtype)
     kfp_point(student, run_id, storage, keys.train_student(source), "student", work)
 
@@ -214,8 +214,28 @@ def report(eval_cfg: str, seed: int, rounds: int, run_id: str, storage_cfg: str,
     shutil.copyfile(Path(results.path) / "report.html", summary_html.path)
 
 
+def report_experts(eval_cfg: str, seed: int, rounds: int, run_id: str, storage_cfg: str,
+                   eval_experts: Input[Dataset], results: Output[Dataset], metrics: Output[Metrics],
+                   summary: Output[Markdown], summary_html: Output[HTML]):
+    """The report of a run without the student stage (``student.enabled: false``): the experts only."""
+    import shutil
+    from pathlib import Path
+
+    from ensemw2s.config import EvalConfig, StorageConfig, section_from_json
+    from ensemw2s.steps import report as step
+
+    m = step.run(section_from_json(EvalConfig, eval_cfg, "eval"), eval_dirs={"experts": eval_experts.path},
+                 out_dir=results.path, seed=seed, rounds=rounds, run_id=run_id or None,
+                 storage=section_from_json(StorageConfig, storage_cfg, "storage"), students=False)
+    for k, v in m.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            metrics.log_metric(k, float(v))
+    shutil.copyfile(Path(results.path) / "report.md", summary.path)
+    shutil.copyfile(Path(results.path) / "report.html", summary_html.path)
+
+
 STEP_FUNCTIONS = (start_run, end_run, split_data, train_single, train_expert, update_weights, pseudo_label, train_student,
-                  evaluate_experts, evaluate_student, report)
+                  evaluate_experts, evaluate_student, report, report_experts)
 
 
 def make_components(image: str) -> SimpleNamespace:

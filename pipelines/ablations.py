@@ -1,9 +1,9 @@
 """The nightly ablation DAG: the main EnsemW2S pipeline for every (grid point, seed), then compare.
 
-    plan ─ for each DAG shape (rounds, resources), one after the other:                          ┐
+    plan ─ for each DAG shape (rounds, student stage, resources), one after the other:                          ┐
              ParallelFor((point, seed) items, parallelism) ─ grid_point → ensemw2s sub-pipeline ─┴ compare
 
-Boosting rounds (and ``resources``) change the DAG's shape, so the grid points are grouped by them and each
+Boosting rounds (and ``student.enabled``, ``resources``) change the DAG's shape, so the grid points are grouped by them and each
 group is compiled once, as a sub-pipeline whose config strings are parameters (``build_pipeline(...,
 runtime_config=True)``), run by one ParallelFor over the group's (point, seed) items. So the spec grows with
 the number of distinct rounds, not with the number of grid points (``configs/ablations.yaml``: 2 groups instead
@@ -65,10 +65,11 @@ def max_parallel_runs(ab: Ablation) -> int:
 
 
 def _groups(ab: Ablation) -> list:
-    """Grid points grouped by what changes the compiled DAG: the number of rounds and the resources."""
+    """Grid points grouped by what changes the compiled DAG: the number of rounds, the student stage
+    (``student.enabled``) and the resources."""
     groups: dict = {}
     for p in ab.points:
-        shape = (p.cfg.boosting.rounds, section_to_json(p.cfg.resources))
+        shape = (p.cfg.boosting.rounds, keys.students_enabled(p.cfg), section_to_json(p.cfg.resources))
         groups.setdefault(shape, []).append(p)
     return list(groups.values())
 
@@ -105,16 +106,17 @@ def build_ablation_pipeline(ab: Ablation, *, for_cluster: bool = True, image: Op
         runs, previous = [], [plan]
         for group, sub in zip(groups, subs):
             rounds = group[0].cfg.boosting.rounds
+            shape = f"rounds-{rounds}" + ("" if keys.students_enabled(group[0].cfg) else "-no-student")
             # loop items are strings (KFP types the fields of dict items as strings); grid_point returns an int seed
             items = [{"point": p.name, "seed": str(s)} for p in group for s in ab.seeds]
-            with dsl.ParallelFor(items, parallelism=parallelism, name=f"rounds-{rounds}") as item:
+            with dsl.ParallelFor(items, parallelism=parallelism, name=shape) as item:
                 # the base run id is derived again, not passed in: no task output enters the loop
                 point = _plumb(c.grid_point(run_id=run_id, point=item.point, seed=item.seed, storage_cfg=storage_cfg,
                                             **JOB), "grid-point", res, for_cluster, storage=True).after(*previous)
                 point.set_caching_options(False)
                 args = {f"{n}_cfg": point.outputs[f"{n}_cfg"] for n in CONFIG_PARAMS}
                 run = sub(run_id=point.outputs["run_id"], seed=point.outputs["seed"], storage_cfg=storage_cfg,
-                          **args).set_display_name(f"ensemw2s-{rounds}-rounds")
+                          **args).set_display_name(f"ensemw2s-{shape}")
             runs.append(run)
             previous = [run]  # the next group starts when this one is done: one bound for the whole grid
         cmp = _plumb(c.compare(base_run_id=plan.output, seeds=list(ab.seeds), storage_cfg=storage_cfg),

@@ -2,7 +2,8 @@
 
 split_data → train_single (the single-expert baseline) and (train_expert-r{t} → update_weights-r{t}) for
 t = 1..T → pseudo_label (ensemble / single / gold)
-→ train_student (×3) → evaluate (experts, ×3 students) → report.
+→ train_student (×3) → evaluate (experts, ×3 students) → report; under ``student.enabled: false``
+split_data → train_single and the rounds → evaluate (experts) → report.
 
 T is read from the config at compile time and unrolled (``boosting.rounds`` is bounded for that reason); the
 rest is data. Each task gets only the config it reads (:func:`ensemw2s.steps.stepio.task_configs`), and is
@@ -52,7 +53,8 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[st
     c = make_components(image or cfg.resources.image)
     gpu_c = make_components(cfg.resources.gpu_image) if for_cluster else c
     T = cfg.boosting.rounds
-    specs = keys.run_steps(T)
+    students = keys.students_enabled(cfg)  # student.enabled: false ends the DAG at the experts' evaluation
+    specs = keys.run_steps(T, students)
     defaults = task_configs(cfg)
 
     def plumb(task, name: str):
@@ -98,7 +100,7 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[st
                                                      expert=expert.outputs["expert"]), name)
             state = update.outputs["new_state"]
         evals = {}
-        for source in keys.SOURCES:
+        for source in keys.SOURCES if students else ():
             gold = source == "gold"
             name = keys.pseudo_label(source)
             labels = plumb(comp(name).pseudo_label(ensemble_cfg=cf["no_ensemble"] if gold else
@@ -126,11 +128,14 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[st
                                                        run_id=run_id, storage_cfg=storage_cfg,
                                                        splits=split.outputs["splits"], state=state, single=single,
                                                        dtype=defaults["dtype"]), name)
-        report = plumb(comp(keys.REPORT).report(eval_cfg=cf["eval"], seed=seed, rounds=T, run_id=run_id,
-                                                storage_cfg=storage_cfg, eval_experts=ev_experts.outputs["results"],
-                                                eval_single=evals["single"].outputs["results"],
-                                                eval_ensemble=evals["ensemble"].outputs["results"],
-                                                eval_ceiling=evals["gold"].outputs["results"]), keys.REPORT)
+        common = dict(eval_cfg=cf["eval"], seed=seed, rounds=T, run_id=run_id, storage_cfg=storage_cfg,
+                      eval_experts=ev_experts.outputs["results"])
+        if students:
+            report = plumb(comp(keys.REPORT).report(**common, eval_single=evals["single"].outputs["results"],
+                                                    eval_ensemble=evals["ensemble"].outputs["results"],
+                                                    eval_ceiling=evals["gold"].outputs["results"]), keys.REPORT)
+        else:
+            report = plumb(comp(keys.REPORT).report_experts(**common), keys.REPORT)
         if for_cluster:
             plumb(c.end_run(run_id=run_id, storage_cfg=storage_cfg), keys.END_RUN).after(report)
 

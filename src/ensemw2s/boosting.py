@@ -11,6 +11,11 @@ Alpha rules (registry :data:`ALPHA_RULES`, extended with :func:`register_alpha_r
 - ``samme``: ``ln((1-eps)/eps) + ln(V-1)`` (multi-class AdaBoost, Zhu et al. 2009) with V = vocabulary size.
 - ``binary``: ``0.5 ln((1-eps)/eps)`` (Freund & Schapire), the classification variant of the paper.
 - ``uniform``: 1.0 for every expert, i.e. plain averaging — an ablation, not a boosting rule.
+
+On a clone of the previous expert (same errors), SAMME gives alpha 0: after :func:`update_weights` the clone's
+weighted error is exactly (V-1)/V. ``binary`` (half SAMME's step in the same update) halves it; ``prior`` keeps it
+positive (it compares with the base model's error under the new weights), which lets near-copies keep a share
+of the vote (tests/unit/test_boosting_clone.py).
 """
 from __future__ import annotations
 
@@ -149,6 +154,27 @@ def loss_weights(weights, mode: str, seed: int) -> np.ndarray:
     if mode == "weighted":
         return w * n / w.sum()
     raise ValueError(f"unknown sampling mode {mode!r}; allowed values: resample, weighted")
+
+
+def answer_level_wrong(chose_wrong: Sequence[bool], n_tokens: Sequence[int]) -> np.ndarray:
+    """``boosting.error: answer``: the flat token ``wrong`` vector when a question counts as one answer: every
+    one of its ``n_tokens[i]`` answer tokens is wrong (1.0) when the model chose a wrong option on it
+    (``chose_wrong[i]``), right (0.0) otherwise."""
+    if len(chose_wrong) != len(n_tokens):
+        raise ValueError(f"{len(chose_wrong)} option choices for {len(n_tokens)} questions")
+    return np.concatenate([np.full(int(n), 1.0 if bad else 0.0) for bad, n in zip(chose_wrong, n_tokens)]
+                          or [np.zeros(0)])
+
+
+def next_weights(weights, wrong, alpha: float, method: str = "adaboost"):
+    """D_{t+1} under ``boosting.method``: ``adaboost`` = :func:`update_weights`; ``bagging`` (the control) =
+    ``weights`` unchanged, so every round resamples the same uniform D_1."""
+    if method == "adaboost":
+        return update_weights(weights, wrong, alpha)
+    if method == "bagging":
+        _check_pair(weights, wrong)
+        return weights
+    raise ValueError(f"unknown boosting method {method!r}; allowed values: adaboost, bagging")
 
 
 def normalise_alphas(alphas: Sequence[float], expected: int | None = None) -> list[float]:

@@ -187,6 +187,16 @@ class ModelSection:
 
 
 @dataclass
+class StudentSection(ModelSection):
+    """The strong student; ``enabled: false`` drops the student stage (pseudo-labels, the three students and
+    their evaluation): the run ends with the experts' evaluation, for a study of the experts alone."""
+
+    enabled: bool = True
+
+    HASH_OMIT_AT_DEFAULT = ("enabled",)
+
+
+@dataclass
 class BoostingConfig:
     rounds: int = 3
     alpha_rule: str = "prior"
@@ -195,9 +205,20 @@ class BoostingConfig:
     # round 1's expert is the single-expert baseline (step train_single: all easy rows, equal weights) instead
     # of an expert of its own; D_1 is uniform, so this is round 1 without resampling, and one training less
     reuse_single: bool = False
+    # how D_{t+1} is made: "adaboost" (D_t · exp(alpha_t · wrong_t), EnsemW2S) or "bagging", a control that
+    # isolates reweighting from averaging: D stays uniform, so each round trains on an independent uniform
+    # resample of the same token budget (alphas are still measured, under D_1)
+    method: str = "adaboost"
+    # an expert's error on a training answer token: "token" = its teacher-forced argmax is not the gold token;
+    # "answer" = its option choice on that question (option log-likelihood) is wrong, and then every answer
+    # token of the question counts as wrong (eps and eps_prior alike)
+    error: str = "token"
 
     SAMPLING = ("resample", "weighted")
     ON_NONPOSITIVE = ("skip", "stop")
+    METHODS = ("adaboost", "bagging")
+    ERRORS = ("token", "answer")
+    HASH_OMIT_AT_DEFAULT = ("method", "error")
     # Rounds are unrolled into the pipeline at compile time (two tasks per round: 32 rounds compile to about
     # 330 KB of KFP spec, and a run's Argo Workflow object must stay under etcd's 1.5 MiB), and every ensemble
     # step loads every expert: a bound here fails in milliseconds instead of a compile that runs for minutes
@@ -215,6 +236,11 @@ class BoostingConfig:
         _check_choice(f"{key}.alpha_rule", self.alpha_rule, tuple(sorted(ALPHA_RULES)))
         _check_choice(f"{key}.sampling", self.sampling, self.SAMPLING)
         _check_choice(f"{key}.on_nonpositive_alpha", self.on_nonpositive_alpha, self.ON_NONPOSITIVE)
+        _check_choice(f"{key}.method", self.method, self.METHODS)
+        _check_choice(f"{key}.error", self.error, self.ERRORS)
+        if self.method == "bagging" and self.sampling != "resample":
+            raise ConfigError(f"{key}.method: 'bagging' needs {key}.sampling 'resample' (under 'weighted' every "
+                              f"round would train on the same uniformly weighted tokens); got {self.sampling!r}")
 
 
 @dataclass
@@ -387,8 +413,8 @@ class Config:
     experts: ModelSection = field(default_factory=ModelSection)
     boosting: BoostingConfig = field(default_factory=BoostingConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    student: ModelSection = field(
-        default_factory=lambda: ModelSection(model="gemma3-270m", train=TrainConfig(epochs=1.0, lr=5e-4))
+    student: StudentSection = field(
+        default_factory=lambda: StudentSection(model="gemma3-270m", train=TrainConfig(epochs=1.0, lr=5e-4))
     )
     eval: EvalConfig = field(default_factory=EvalConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -621,9 +647,24 @@ def section_from_json(cls: type, text: str, key: str) -> Any:
     return obj
 
 
+def _hashed(obj: Any) -> Any:
+    """``dataclasses.asdict`` at every level, less the settings added after runs were stored
+    (``HASH_OMIT_AT_DEFAULT``) where they have their default value: so resuming or forking (--from-run) an older
+    run still reuses its steps, and its run id (benchmarks/science) stays the same."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        omit = getattr(obj, "HASH_OMIT_AT_DEFAULT", ())
+        return {f.name: _hashed(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.name in omit and getattr(obj, f.name) == f.default)}
+    if isinstance(obj, (list, tuple)):
+        return [_hashed(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _hashed(v) for k, v in obj.items()}
+    return obj
+
+
 def _plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
+        return _hashed(obj)
     raise TypeError(f"cannot hash a {type(obj).__name__} in a config")
 
 

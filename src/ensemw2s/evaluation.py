@@ -124,8 +124,8 @@ def option_logprobs_reference(model, tok, rows: Sequence[dict], *, batch_size: i
     return out
 
 
-def mixture_choice(per_expert: Sequence[Sequence[Sequence[float]]], weights: Sequence[float]) -> int:
-    """Pick an option by the alpha-mixture of experts' token probabilities, length-normalised.
+def mixture_scores(per_expert: Sequence[Sequence[Sequence[float]]], weights: Sequence[float]) -> list[float]:
+    """Each option's length-normalised log-likelihood under the alpha-mixture of experts' token probabilities.
 
     ``per_expert[t][k]`` = token log-probs of option k under expert t; ``weights`` sum to 1.
     """
@@ -135,17 +135,27 @@ def mixture_choice(per_expert: Sequence[Sequence[Sequence[float]]], weights: Seq
     for k in range(len(per_expert[0])):
         lp = np.asarray([per_expert[t][k] for t in range(len(per_expert))], dtype=np.float64)  # (T, n_tok)
         mix = np.logaddexp.reduce(lp + logw[:, None], axis=0)
-        scores.append(mix.sum() / max(1, mix.shape[0]))
-    return int(np.argmax(scores))
+        scores.append(float(mix.sum() / max(1, mix.shape[0])))
+    return scores
 
 
-def loglik_predictions(rows, lp_by_expert: Sequence[dict], alphas, model_name: str, split: str) -> list[dict]:
+def mixture_choice(per_expert: Sequence[Sequence[Sequence[float]]], weights: Sequence[float]) -> int:
+    """Pick an option by :func:`mixture_scores` (the first of equal best scores)."""
+    return int(np.argmax(mixture_scores(per_expert, weights)))
+
+
+def loglik_predictions(rows, lp_by_expert: Sequence[dict], alphas, model_name: str, split: str, *,
+                       with_scores: bool = False) -> list[dict]:
+    """One prediction per row; ``with_scores``: also ``scores``, each option's length-normalised
+    log-likelihood (the evaluate step keeps them for each expert alone, for the diagnostics)."""
     w = normalise_alphas(alphas)
     preds = []
     for r in rows:
-        k = mixture_choice([lp[r["id"]] for lp in lp_by_expert], w)
+        scores = mixture_scores([lp[r["id"]] for lp in lp_by_expert], w)
+        k = int(np.argmax(scores))
         preds.append({"id": r["id"], "model": model_name, "split": split, "method": "loglik",
-                      "output": r["choices"][k], "chosen": k, "correct": bool(k == r["answer_index"])})
+                      "output": r["choices"][k], "chosen": k, "correct": bool(k == r["answer_index"]),
+                      **({"scores": [round(x, 5) for x in scores]} if with_scores else {})})
     return preds
 
 
@@ -414,14 +424,19 @@ def render_report(metrics: dict, plot_name: Optional[str] = None) -> str:
         f"Primary accuracy: **{metrics.get('primary', 'loglik')}** (option log-likelihood = `ll`, generation = "
         f"`gen`). ID = easy_test (n={n_id}), OOD = hard_test (n={n_ood}).",
         "",
-        f"Weak experts: {metrics.get('weak_model') or '?'}; strong student: {metrics.get('strong_model') or '?'}.",
+        f"Weak experts: {metrics.get('weak_model') or '?'}; strong student: "
+        + ("none (student.enabled: false, the experts alone)" if metrics.get("students") is False
+           else f"{metrics.get('strong_model') or '?'}") + ".",
         "",
         "| " + " | ".join(REPORT_COLUMNS) + " |",
         "|" + "---|" * len(REPORT_COLUMNS),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in report_rows(metrics)]
-    lines += ["", PGR_NOTE, ""]
-    lines += [f"- {pgr_shown(metrics, name)[1]}" for name in PGR_GAPS]
+    if metrics.get("students") is False:
+        lines += ["", "No student stage in this run (student.enabled: false): no students, ceiling or PGR."]
+    else:
+        lines += ["", PGR_NOTE, ""]
+        lines += [f"- {pgr_shown(metrics, name)[1]}" for name in PGR_GAPS]
     verdicts = verdict_lines(metrics)
     if verdicts:
         lines += ["", VERDICTS_TITLE, ""]

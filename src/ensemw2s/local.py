@@ -96,7 +96,7 @@ def run_local(cfg, run_id: str, *, workdir: Path | None = None, verbose: bool = 
                    raise_on_error=True)
     pipeline = build_pipeline(cfg, for_cluster=False)
     os.environ["ENSEMW2S_COMMIT"] = commit = provenance.code_commit()  # every step records it with its timing
-    view = liveview.RunView(run_id, list(keys.run_steps(cfg.boosting.rounds)), task_keys(pipeline))
+    view = liveview.RunView(run_id, list(keys.run_steps(cfg.boosting.rounds, keys.students_enabled(cfg))), task_keys(pipeline))
     log_dir = root / "logs"
     started = False  # the run's own records are written only once it holds its run id
     t0, started_at = time.perf_counter(), time.time()
@@ -172,7 +172,10 @@ def check_models(cfg) -> None:
     from ensemw2s import assets
     from ensemw2s.modeling import check_weights_folder
 
-    for key, name in (("experts.model", cfg.experts.model), ("student.model", cfg.student.model)):
+    models = [("experts.model", cfg.experts.model)]
+    if cfg.student.enabled:  # without the student stage its model is never loaded
+        models.append(("student.model", cfg.student.model))
+    for key, name in models:
         try:
             path = assets.resolve_model(name)
         except AssetError as exc:
@@ -216,8 +219,9 @@ def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None
     check_models(cfg)
     where = storage.storage_env(cfg.storage)
     resume = f"ensemw2s run --run-id {run_id}" + (f" --config {config_arg}" if config_arg else "")
-    out(f"ensemw2s run {run_id}: {cfg.boosting.rounds} rounds, experts {cfg.experts.model}, student "
-        f"{cfg.student.model}, data {cfg.data.easy} -> {cfg.data.hard}; object store {where['endpoint']}"
+    out(f"ensemw2s run {run_id}: {cfg.boosting.rounds} rounds, experts {cfg.experts.model}, "
+        + (f"student {cfg.student.model}" if cfg.student.enabled else "no student stage (student.enabled: false)")
+        + f", data {cfg.data.easy} -> {cfg.data.hard}; object store {where['endpoint']}"
         f" ({'embedded SeaweedFS' if where['embedded'] else 'external'})")
     from ensemw2s.modeling import describe_dtype
 

@@ -169,7 +169,7 @@ def rerun_step(run_id: str, step: str, overrides: Optional[list[str]] = None, *,
     store = Store.from_config(st_cfg)
     store.check(create=False)
     cfg = provenance.stored_config(store, run_id, overrides)
-    specs = keys.run_steps(cfg.boosting.rounds)
+    specs = keys.run_steps(cfg.boosting.rounds, keys.students_enabled(cfg))
     if step not in specs:
         raise ConfigError(f"--step {step!r} is not a step of run {run_id}; valid steps: {', '.join(specs)}")
     validate_name("step", step)

@@ -135,7 +135,7 @@ def _status(store, rec: dict, steps: list[str], cfg: Optional[dict]) -> str:
     if rec["metrics"] is not None:
         return "complete"
     rounds = ((cfg or {}).get("boosting") or {}).get("rounds")
-    expected = list(keys.run_steps(rounds)) if rounds else []
+    expected = list(keys.run_steps(rounds, keys.students_enabled(cfg or {}))) if rounds else []
     # a step is done once its timing record is written (after its outputs are complete)
     done = len([s for s in steps if s != keys.RUN_SUMMARY and (not expected or s in expected)
                 and store.exists(rec["run_id"], s, "timing.json")])
@@ -165,7 +165,7 @@ def details(store, run_id: str, *, report_dir: Optional[Path] = None) -> dict:
     rec = overview(store, run_id)
     cfg = rec["config"] or {}
     rounds = (cfg.get("boosting") or {}).get("rounds") or (rec["metrics"] or {}).get("rounds")
-    expected = list(keys.run_steps(rounds)) if rounds else []
+    expected = list(keys.run_steps(rounds, keys.students_enabled(cfg))) if rounds else []
     stored = [s for s in rec["stored_steps"] if s != keys.RUN_SUMMARY]
     order = expected + [s for s in stored if s not in expected]
     steps = []

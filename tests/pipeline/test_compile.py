@@ -187,6 +187,11 @@ EVALS = {keys.evaluate(t) for t in keys.EVAL_TARGETS}
     # round 1 reuses the single expert: the rounds and what follows them, not the single expert itself
     ("boosting.reuse_single=true", EXPERTS - {keys.TRAIN_SINGLE} | LABELLED | {keys.evaluate("experts"),
                                                                                keys.REPORT}),
+    # bagging keeps D uniform: update_weights reads it; train_expert gets the same section string (so KFP's key
+    # moves for round 1 too, while the step's own reuse check leaves round 1 reusable), the single expert not
+    ("boosting.method=bagging", EXPERTS - {keys.TRAIN_SINGLE} | LABELLED | {keys.evaluate("experts"), keys.REPORT}),
+    # the answer-level error changes every eps, the single expert's too
+    ("boosting.error=answer", EXPERTS | LABELLED | {keys.evaluate("experts"), keys.REPORT}),
     ("eval.batch_size=3", EVALS | {keys.REPORT}),
     ("data.hard_test=13", set(keys.run_steps(2))),
     ("seed=5", set(keys.run_steps(2))),
@@ -203,6 +208,16 @@ def test_cache_key_moves_exactly_with_the_config_a_task_reads(repo_root, tmp_pat
     other = _cache_keys(_compile(repo_root, tmp_path, "boosting.rounds=2", change)[0])
     assert set(base) == set(other) == set(keys.run_steps(2))
     assert {k for k in base if base[k] != other[k]} == moved
+
+
+def test_without_the_student_stage_the_dag_ends_at_the_experts_evaluation(repo_root, tmp_path):
+    spec, _, _ = _compile(repo_root, tmp_path, "student.enabled=false")
+    by_display = _by_display(spec)
+    assert sorted(by_display) == sorted([*keys.run_steps(2, students=False), keys.START_RUN, keys.END_RUN])
+    assert not any(k.startswith(("pseudo_label", "train_student", "evaluate-student")) for k in by_display)
+    _, report = by_display[keys.REPORT]
+    assert report["dependentTasks"] == [by_display[keys.evaluate("experts")][0]]
+    assert by_display[keys.END_RUN][1]["dependentTasks"] == [by_display[keys.REPORT][0]]
 
 
 def test_more_rounds_reuse_the_rounds_already_run(repo_root, tmp_path):

@@ -136,7 +136,7 @@ def test_the_page_states_what_the_records_say(repo_root):
     assert f"Weak experts: {model_display_name(cfg.experts.model)}; strong student: " in page
     assert f"here {model_display_name(cfg.experts.model)} experts" in page
     assert "| ensemble − single expert | OOD | +0.250 [" in page
-    assert "95 % intervals" in page  # one run: the plot's caption says what its error bars are
+    assert "95 % Wilson intervals" in page  # one run: the plot's caption says what its error bars are
 
 
 def test_ablations_must_share_the_main_config(repo_root, tmp_path):

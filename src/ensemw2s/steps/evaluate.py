@@ -9,7 +9,8 @@ same experts with equal weights (``ensemble_uniform``) and every prefix ensemble
 diagnostics of :mod:`ensemw2s.diagnostics`); option log-likelihood only for the last three: each expert's token log-probs are computed
 once and mixed. ``--target student-<source>``: one trained student
 (``student_single``, ``student_ensemble`` or ``ceiling``). Output ``eval/``: ``predictions.jsonl``
-``{id, model, split, method, output, chosen, correct}`` and ``eval.json`` (accuracies, timings).
+``{id, model, split, method, output, chosen, correct}`` (each expert alone also ``scores``: every option's
+length-normalised log-likelihood) and ``eval.json`` (accuracies, timings).
 LoRA experts of one base are scored and decoded in one stacked forward over the base (:mod:`ensemw2s.members`);
 ``dtype``: ``resources.dtype``.
 """
@@ -101,7 +102,7 @@ def run(ev: EvalConfig, ens: EnsembleConfig, *, target: str, splits_dir: Path, o
         # each boosting expert alone on every scored split: the diagnostics (disagreement, oracle) read these
         for s, rows in scored.items():
             for t in sorted(r for r in by_round if r >= 1):
-                preds += loglik_predictions(rows, [lp[t][s]], [1.0], expert_name(t), s)
+                preds += loglik_predictions(rows, [lp[t][s]], [1.0], expert_name(t), s, with_scores=True)
         for s, rows in tests.items():
             preds += loglik_predictions(rows, [lp[baseline["round"]][s]], [1.0], "weak_single", s)
             other = ("weak_round1", 1) if ens.single == "full" else ("weak_full", 0)

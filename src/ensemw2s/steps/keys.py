@@ -77,8 +77,21 @@ class StepRun:
         return self.module in GPU_MODULES and self.key != pseudo_label("gold")
 
 
-def run_steps(rounds: int) -> dict[str, StepRun]:
-    """Every step of a run of ``rounds`` boosting rounds, in DAG order."""
+def eval_targets(students: bool = True) -> tuple[str, ...]:
+    """The evaluate targets of a run: the experts, and the three students unless ``student.enabled`` is false."""
+    return EVAL_TARGETS if students else ("experts",)
+
+
+def students_enabled(cfg) -> bool:
+    """``student.enabled`` of a Config or of its plain dict (a stored run's config; absent = true)."""
+    if isinstance(cfg, dict):
+        return bool((cfg.get("student") or {}).get("enabled", True))
+    return bool(getattr(cfg.student, "enabled", True))
+
+
+def run_steps(rounds: int, students: bool = True) -> dict[str, StepRun]:
+    """Every step of a run of ``rounds`` boosting rounds, in DAG order; ``students=False``
+    (``student.enabled: false``): without the label, student and student-evaluation steps."""
     T = int(rounds)
     steps = [StepRun(SPLIT_DATA, "split_data", outputs=(("--splits", "splits", "split.json"),
                                                         ("--state", "state", "state.json")))]
@@ -94,7 +107,7 @@ def run_steps(rounds: int) -> dict[str, StepRun]:
         steps.append(StepRun(update_weights(t), "update_weights", ("--round", t),
                              (("--state", state_after(t - 1), "state"), ("--expert", train_expert(t), "expert")),
                              (("--out-state", "state", "state.json"),)))
-    for s in SOURCES:
+    for s in SOURCES if students else ():
         steps.append(StepRun(pseudo_label(s), "pseudo_label", ("--source", s, "--rounds", T),
                              (splits, ("--state", label_state(s, T), "state")) + ((single,) if s == "single" else ()),
                              (("--labels", "labels", "labels.json"),)))
@@ -102,11 +115,11 @@ def run_steps(rounds: int) -> dict[str, StepRun]:
                              (("--labels", pseudo_label(s), "labels"),), (("--student", "student", "student.json"),)))
     steps.append(StepRun(evaluate("experts"), "evaluate", ("--target", "experts"),
                          (splits, ("--state", state_after(T), "state"), single), (("--out", "eval", "eval.json"),)))
-    for s in SOURCES:
+    for s in SOURCES if students else ():
         steps.append(StepRun(evaluate(f"student-{s}"), "evaluate", ("--target", f"student-{s}"),
                              (splits, ("--student", train_student(s), "student")),
                              (("--out", "eval", "eval.json"),)))
     steps.append(StepRun(REPORT, "report", (),
-                         tuple((f"--eval-{t}", evaluate(t), "eval") for t in EVAL_TARGETS),
+                         tuple((f"--eval-{t}", evaluate(t), "eval") for t in eval_targets(students)),
                          (("--out", "report", "metrics.json"),)))
     return {s.key: s for s in steps}

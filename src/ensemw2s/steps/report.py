@@ -20,15 +20,17 @@ STEP = keys.REPORT
 def build_parser():
     p = base_parser(STEP, __doc__.splitlines()[0])
     for t in keys.EVAL_TARGETS:
-        p.add_argument(f"--eval-{t}", dest=f"eval_{t.replace('-', '_')}", required=True,
-                       help=f"eval folder of evaluate --target {t}")
+        p.add_argument(f"--eval-{t}", dest=f"eval_{t.replace('-', '_')}", required=t == "experts",
+                       help=f"eval folder of evaluate --target {t}" + ("" if t == "experts" else
+                                                                        " (not with student.enabled: false)"))
     p.add_argument("--out", required=True, help="output folder")
     return p
 
 
 def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int, rounds: int,
         run_id: Optional[str] = None, storage: Optional[StorageConfig] = None, resume: bool = True,
-        extra: Optional[dict] = None) -> dict:
+        extra: Optional[dict] = None, students: bool = True) -> dict:
+    """``students=False`` (``student.enabled: false``): the experts' evaluation only."""
     from ensemw2s.data import read_jsonl, write_jsonl
     from ensemw2s.diagnostics import DIAG_PLOTS
     from ensemw2s.evaluation import build_metrics, render_report
@@ -38,16 +40,16 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
     out_dir = Path(out_dir)
     io = StepIO(STEP, run_id=run_id, storage=storage, resume=resume,
                 config_hash=config_hash({"eval": ev, "seed": seed, "rounds": rounds}),
-                inputs=tuple((keys.evaluate(t), "eval") for t in keys.EVAL_TARGETS))
+                inputs=tuple((keys.evaluate(t), "eval") for t in keys.eval_targets(students)))
     if io.restore({"report": out_dir}):
         return read_json(out_dir / "metrics.json")
     preds, infos = [], {}
-    for target in keys.EVAL_TARGETS:
+    for target in keys.eval_targets(students):
         d = io.fetch(eval_dirs.get(target), keys.evaluate(target), "eval")
         preds += read_jsonl(d / "predictions.jsonl", validate=False)
         infos[target] = read_json(d / "eval.json")
     exp = infos["experts"]
-    metrics_extra = {"seed": seed, "rounds": rounds, "primary": ev.primary, "run_id": run_id,
+    metrics_extra = {"seed": seed, "rounds": rounds, "primary": ev.primary, "run_id": run_id, "students": students,
                      "alphas": exp["alphas"], "eps": exp["eps"], "eps_prior": exp["eps_prior"],
                      "weights_ess": exp.get("weights_ess"), "drawn_fraction": exp.get("drawn_fraction"),
                      "active_rounds": exp["active_rounds"], "chosen_rounds": exp.get("chosen_rounds"),
@@ -93,9 +95,18 @@ def page_record(metrics: dict, store=None, run_id: Optional[str] = None) -> dict
 
 
 def main(argv=None) -> int:
-    return step_main(build_parser(), argv, lambda a, cfg, **io: run(
-        cfg.eval, eval_dirs={t: Path(getattr(a, f"eval_{t.replace('-', '_')}")) for t in keys.EVAL_TARGETS},
-        out_dir=Path(a.out), seed=cfg.seed, rounds=cfg.boosting.rounds, **io))
+    def work(a, cfg, **io):
+        students = keys.students_enabled(cfg)
+        targets = keys.eval_targets(students)
+        missing = [f"--eval-{t}" for t in targets if getattr(a, f"eval_{t.replace('-', '_')}") is None]
+        if missing:
+            from ensemw2s.errors import ConfigError
+
+            raise ConfigError(f"report: {', '.join(missing)} required (student.enabled is true)")
+        return run(cfg.eval, eval_dirs={t: Path(getattr(a, f"eval_{t.replace('-', '_')}")) for t in targets},
+                   out_dir=Path(a.out), seed=cfg.seed, rounds=cfg.boosting.rounds, students=students, **io)
+
+    return step_main(build_parser(), argv, work)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,8 @@ def task_configs(cfg) -> dict[str, str]:
     - ``round_boosting``: ``boosting`` without ``rounds`` (round t's steps do not depend on how many rounds
       follow it, so a run grown from 3 to 5 rounds reuses rounds 1-3);
     - ``no_ensemble``: ``{}`` for the tasks that read no ensemble setting (gold labels, student evaluation);
-    - ``single_boosting``: of ``boosting``, only ``alpha_rule`` (the single expert's alpha under D_1);
+    - ``single_boosting``: of ``boosting``, only ``alpha_rule`` and ``error`` (the single expert's alpha under
+      D_1);
     - ``ensemble_labels``: ``ensemble`` without ``single`` (the ensemble's labels do not depend on which
       expert is the single baseline);
     - ``dtype``: ``resources.dtype``, for the model steps that take it (not gold labels: they load no model);
@@ -262,7 +263,7 @@ def task_configs(cfg) -> dict[str, str]:
     out = {name: j(d[name]) for name in ("data", "experts", "boosting", "ensemble", "student", "eval",
                                           "resources")}
     out.update(split_weak=j(weak), round_boosting=j({k: v for k, v in d["boosting"].items() if k != "rounds"}),
-               no_ensemble=j({}), single_boosting=j({"alpha_rule": cfg.boosting.alpha_rule}),
+               no_ensemble=j({}), single_boosting=j({"alpha_rule": cfg.boosting.alpha_rule, "error": cfg.boosting.error}),
                ensemble_labels=j(ensemble_label_settings(d["ensemble"])),
                dtype=str(getattr(cfg.resources, "dtype", "float32")))
     return out

@@ -8,7 +8,9 @@ make it round 1's expert (round 1 then copies it instead of training, ``--single
 Inputs: ``splits/`` (easy_train), ``state/`` (D_t, the base model's token errors, earlier rounds).
 Output ``expert/``: the model (LoRA adapter or full weights), ``expert.json``
 ``{round, eps, eps_prior, alpha, seed, skipped, ...}`` and ``wrong.jsonl`` (the expert's teacher-forced
-token errors on easy_train, which update_weights turns into D_{t+1}).
+token errors on easy_train, which update_weights turns into D_{t+1}). Under ``boosting.error: answer`` a token's
+error is its question's: the expert's (and, for eps_prior, the base model's) option choice on easy_train is
+wrong, then every answer token of it counts as wrong.
 
 The teacher-forced pass scores ONE model, this round's expert: ``eps_prior`` (the base model's error under D_t)
 reads ``base_wrong`` from the state, computed once by split_data before round 1, so there is no second model
@@ -17,6 +19,7 @@ here to stack into one forward (the K-experts-in-one-forward path is for decodin
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -51,7 +54,7 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     from ensemw2s import boosting
     from ensemw2s.data import read_jsonl, write_jsonl
     from ensemw2s.diagnostics import weight_stats
-    from ensemw2s.modeling import dtype_key, load_saved, tokenizer_signature
+    from ensemw2s.modeling import dtype_key, load_causal_lm, load_saved, tokenizer_signature
     from ensemw2s.training import encode_rows, teacher_forced, train_sft
 
     expert_dir = Path(expert_dir)
@@ -63,8 +66,13 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     io = StepIO(key, run_id=run_id, storage=storage, resume=resume,
                 # the single expert reads only the alpha rule of the boosting settings (its alpha under D_1)
                 config_hash=config_hash({"experts": experts, "round": round_, "seed": seed, **dtype_key(dtype),
-                                         **({"single": True, "alpha_rule": boosting_cfg.alpha_rule} if single
-                                            else {"boosting": boosting_cfg})}),
+                                         # error: how eps is measured; boosting.method is read by
+                                         # update_weights only (a bagging run reuses an adaboost run's round 1)
+                                         **({"single": True, "alpha_rule": boosting_cfg.alpha_rule,
+                                             **({"error": "answer"} if boosting_cfg.error == "answer" else {})}
+                                            if single
+                                            else {"boosting": dataclasses.replace(boosting_cfg,
+                                                                                  method="adaboost")})}),
                 inputs=((keys.SPLIT_DATA, "splits"), (prev, "state"))
                 + (((keys.TRAIN_SINGLE, "expert"),) if reuse else ()))
     if io.restore({"expert": expert_dir}):
@@ -118,13 +126,28 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
     res = teacher_forced(model, tok, enc, desc="expert token errors")
     wrong = np.concatenate([np.asarray(res[i]["wrong"], dtype=np.float64) for i in ids])
     base_wrong = np.concatenate([np.asarray(wrows[i]["base_wrong"], dtype=np.float64) for i in ids])
+    unweighted_token_error = float(wrong.mean())
+    answer_info: dict = {}
+    if boosting_cfg.error == "answer":
+        n_tokens = [len(res[i]["wrong"]) for i in ids]
+        chose_wrong = _option_wrong(model, tok, rows)
+        del model
+        base, base_tok = load_causal_lm(experts.model, dtype=dtype)
+        base_chose_wrong = _option_wrong(base, base_tok, rows)
+        del base
+        wrong = boosting.answer_level_wrong(chose_wrong, n_tokens)
+        base_wrong = boosting.answer_level_wrong(base_chose_wrong, n_tokens)
+        res = {i: {"wrong": [1.0 if bad else 0.0] * n} for i, bad, n in zip(ids, chose_wrong, n_tokens)}
+        answer_info = {"train_option_accuracy": 1.0 - float(np.mean(chose_wrong)),
+                       "base_train_option_accuracy": 1.0 - float(np.mean(base_chose_wrong))}
     if wrong.shape != flat_w.shape:
         raise ValueError(f"{key}: {wrong.shape[0]} answer tokens now vs {flat_w.shape[0]} in the weights")
     eps = boosting.token_error(flat_w, wrong)
     eps_prior = boosting.token_error(flat_w, base_wrong)
     alpha = boosting.expert_alpha(eps, boosting_cfg.alpha_rule, vocab_size=state["vocab_size"], eps_prior=eps_prior)
     meta.update({"eps": eps, "eps_prior": eps_prior, "alpha": alpha, "skipped": alpha <= 0,
-                 "unweighted_token_error": float(wrong.mean()), "lora": experts.lora.enabled, **stats,
+                 "error": boosting_cfg.error, "unweighted_token_error": unweighted_token_error, **answer_info,
+                 "lora": experts.lora.enabled, **stats,
                  **weight_stats(flat_w, None if token_weights is None else np.concatenate(
                      [np.asarray(token_weights[i], dtype=np.float64) for i in ids]))})
     if alpha <= 0:
@@ -135,6 +158,14 @@ def run(experts: ModelSection, boosting_cfg: BoostingConfig, *, round_: int, see
                message=f"eps={eps:.4f} eps_prior={eps_prior:.4f} alpha={alpha:.4f} ({boosting_cfg.alpha_rule}) "
                        f"loss={stats['train_loss']:.3f} in {stats['train_seconds']:.0f} s")
     return meta
+
+
+def _option_wrong(model, tok, rows) -> list[bool]:
+    """Per row: does ``model`` choose a wrong option (option log-likelihood, as the evaluation scores)?"""
+    from ensemw2s.evaluation import loglik_predictions, option_logprobs
+
+    lp = option_logprobs(model, tok, rows, batch_size=16, desc="option choices on easy_train")
+    return [not p["correct"] for p in loglik_predictions(rows, [lp], [1.0], "expert", "easy_train")]
 
 
 def _reuse_single(io: StepIO, single_dir: Optional[Path], expert_dir: Path) -> dict:

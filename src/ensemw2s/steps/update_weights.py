@@ -1,5 +1,7 @@
 """update_weights: D_{t+1} ∝ D_t · exp(alpha_t · wrong_t), and the ensemble so far.
 
+Under ``boosting.method: bagging`` (the control) D stays uniform: every round resamples D_1 with its own seed.
+
 Inputs: ``state/`` after round t-1 and ``expert/`` of round t. Output ``state/`` for round t+1: the new
 ``weights.jsonl`` and ``state.json`` whose ``experts`` list names every expert so far (round, alpha, where
 it is stored) — pseudo_label and evaluate read the ensemble from it. An expert with alpha <= 0 leaves the
@@ -59,7 +61,7 @@ def run(boosting_cfg: BoostingConfig, *, round_: int, state_dir: Path, expert_di
         wrong = {r["id"]: r["wrong"] for r in read_jsonl(expert_dir / "wrong.jsonl", validate=False)}
         flat_w = np.concatenate([np.asarray(r["weights"], dtype=np.float64) for r in wrows])
         flat_wrong = np.concatenate([np.asarray(wrong[r["id"]], dtype=np.float64) for r in wrows])
-        new = boosting.update_weights(flat_w, flat_wrong, alpha)
+        new = boosting.next_weights(flat_w, flat_wrong, alpha, boosting_cfg.method)
         new_rows, k = [], 0
         for r in wrows:
             n = len(r["weights"])
@@ -73,7 +75,7 @@ def run(boosting_cfg: BoostingConfig, *, round_: int, state_dir: Path, expert_di
     write_jsonl(out_state_dir / "weights.jsonl", new_rows)
     write_json(out_state_dir / "state.json", new_state)
     flat = np.concatenate([np.asarray(r["weights"]) for r in new_rows])
-    io.publish({"state": out_state_dir}, message=f"alpha={alpha:.4f} max weight = {flat.max() * flat.size:.2f} × "
+    io.publish({"state": out_state_dir}, message=f"alpha={alpha:.4f} ({boosting_cfg.method}) max weight = {flat.max() * flat.size:.2f} × "
                                                  "uniform" + ("; stopped" if stopped else ""))
     return new_state
 
