@@ -64,8 +64,8 @@ bench: setup ## performance benchmarks (prints ratios against the baselines)
 # the results page (docs/results.md): the tooling is benchmarks/science/, run from the repository root
 # main setting: a Qwen2.5-Coder-1.5B student (an opt-in asset, set up here); the Gemma-3-270M setting
 # (configs/science.yaml) is the small-gap reference, its records in docs/results/science_gemma270m.json
-.PHONY: prestudy science science-assets
-prestudy science: CONFIG = configs/science_1p5b.yaml
+.PHONY: prestudy science science-assets science-page study
+prestudy science science-page: CONFIG = configs/science_1p5b.yaml
 SEEDS      ?= 3
 JOBS       ?= 1
 ABLATIONS  ?= configs/science_1p5b_ablations.yaml
@@ -81,6 +81,13 @@ prestudy: science-assets ## results page 1/2: weak expert vs gold ceiling per se
 
 science: science-assets ## results page 2/2: SEEDS seeds + ABLATIONS as real pipeline runs -> docs/results.md (CONFIG: configs/science_1p5b.yaml)
 	$(PY) -m benchmarks.science science --config $(CONFIG) --seeds $(SEEDS) --jobs $(JOBS) $(if $(ABLATIONS),--ablations $(ABLATIONS)) $(if $(REFERENCE),--reference $(REFERENCE))
+
+science-page: setup ## rebuild docs/results.md from the stored runs / records, nothing run (e.g. after make study)
+	$(PY) -m benchmarks.science science --no-run --config $(CONFIG) --seeds $(SEEDS) $(if $(ABLATIONS),--ablations $(ABLATIONS)) $(if $(REFERENCE),--reference $(REFERENCE))
+
+study: setup ## the boosting study (experts alone: EnsemW2S vs bagging vs one expert, 3 seeds, resumable) -> docs/results/study.json, then docs/results.md
+	$(PY) -m benchmarks.science study --config configs/boosting_study.yaml --seeds $(SEEDS)
+	$(MAKE) science-page
 
 storage-serve: venv ## start the embedded S3 server (SeaweedFS)
 	$(ENSEMW2S) storage serve

@@ -58,6 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "(e.g. docs/results/science_gemma270m.json; its page results_<name>.md beside docs/results.md)")
     b.add_argument("--log-dir", default=None, help=f"one log per run (default: {_rel(REPO / 'build' / 'science')})")
     b.set_defaults(fn=cmd_science)
+
+    from .study import ARMS, DEFAULT_RECORDS, DEFAULT_STUDY_CONFIG
+
+    b = sub.add_parser("study", help="the boosting study: EnsemW2S vs bagging vs one expert, experts alone "
+                                     "-> docs/results/study.json (the v3 section of docs/results.md)",
+                       description="Each (seed, arm) is a real local pipeline run without the student stage; "
+                                   "their stored predictions give the page's pooled paired intervals, the gate "
+                                   "and the disagreement / oracle tables. Resumable: run it again to continue.")
+    b.add_argument("--config", default=None, help=f"YAML config (default: {_rel(DEFAULT_STUDY_CONFIG)})")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    b.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1)")
+    b.add_argument("--arms", default=",".join(ARMS), help="comma list of arms: " + ", ".join(ARMS))
+    b.add_argument("--no-run", action="store_true", help="only rebuild the page from runs already in storage "
+                   f"(and the records in {_rel(DEFAULT_RECORDS)})")
+    b.add_argument("--records", default=None, help=f"the runs' records (default: {_rel(DEFAULT_RECORDS)})")
+    b.add_argument("--log-dir", default=None, help=f"one log per run (default: {_rel(REPO / 'build' / 'study')})")
+    b.set_defaults(fn=cmd_study)
     return p
 
 
@@ -92,6 +110,15 @@ def cmd_science(args) -> int:
                    prestudy=Path(args.prestudy) if args.prestudy else RESULTS_DIR / "prestudy.json",
                    notes=Path(args.notes) if args.notes else RESULTS_DIR / "notes.md",
                    reference=Path(args.reference) if args.reference else None)
+
+
+def cmd_study(args) -> int:
+    from .study import DEFAULT_RECORDS, DEFAULT_STUDY_CONFIG, study
+
+    return study(args.config or _rel(DEFAULT_STUDY_CONFIG), args.overrides, seeds=args.seeds,
+                 arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()), run=not args.no_run,
+                 records=Path(args.records) if args.records else DEFAULT_RECORDS,
+                 log_dir=Path(args.log_dir) if args.log_dir else None)
 
 
 def main(argv=None) -> int:

@@ -224,7 +224,7 @@ def _prestudy_section(book: dict, book_path: Path) -> list[str]:
 def render(cfg: Config, runs: list[dict], missing: list[str], ablations: list[dict], book: dict, *,
            command: str, plot_name: str, notes: str, ablation_info: Optional[dict] = None,
            book_path: Path = RESULTS_DIR / "prestudy.json", cfg_source: str = "", sources: str = "",
-           reference: Optional[dict] = None) -> str:
+           reference: Optional[dict] = None, study: Optional[dict] = None) -> str:
     """The page. ``runs``: the main runs' records (:func:`benchmarks.science.runs.collect_run`); ``ablations``:
     ``{name, seed, overrides, run (record or None), why}``; ``ablation_info``: ``{seeds, fork_from}``."""
     from ensemw2s.plots import caption
@@ -300,6 +300,10 @@ def render(cfg: Config, runs: list[dict], missing: list[str], ablations: list[di
         d = pairs.get((name, tag))
         ours = f"{100 * d['diff']:+.1f} points [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" if d else "—"
         L.append(f"| {claim} | {paper} | {ours} |")
+    if study is not None:  # the boosting study (benchmarks/science/study.py): the experts alone, 3 arms
+        from .study_page import render_study_section
+
+        L += [""] + render_study_section(study)
     if ablations:
         L += _ablation_section(runs, ablations, ablation_info or {})
     if reference:
@@ -477,6 +481,7 @@ def science(config: str, overrides: list[str], *, seeds: int, jobs: int, tag: st
     out = Path(out)
     plots = out.parent / "results"
     json_path = plots / "science.json"
+    study_path = plots / "study.json"  # the boosting study's records (python -m benchmarks.science study)
     recorded = recorded_runs(json_path)
     store = None
     try:
@@ -526,7 +531,8 @@ def science(config: str, overrides: list[str], *, seeds: int, jobs: int, tag: st
                   ablation_info={"seeds": ab.seeds, "fork_from": ab.fork_from} if ab else None,
                   book_path=Path(prestudy), cfg_source=cfg_source,
                   sources=" and ".join(sources[w] for w in sorted(used, reverse=True)),
-                  reference=load_reference(Path(reference)) if reference else None)
+                  reference=load_reference(Path(reference)) if reference else None,
+                  study=json.loads(study_path.read_text()) if study_path.is_file() else None)
     out.write_text(page)
     summary = {"runs": runs,
                "ablations": [{"name": a["name"], "seed": a["seed"], "overrides": a["overrides"],
