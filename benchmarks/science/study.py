@@ -80,6 +80,21 @@ def study_table(preds: list[dict]) -> dict:
     return {"ids": ids, "correct": correct, "chosen": chosen}
 
 
+def finished(store, run_id: str) -> bool:
+    """The run's own report is complete and its last invocation succeeded (a fork in progress may hold a copy of
+    the report of the run it was forked from, made before forks left the report out)."""
+    from ensemw2s.errors import MissingObjectError
+    from ensemw2s.steps.keys import REPORT, RUN_SUMMARY
+
+    if not store.is_complete(run_id, REPORT, "report"):
+        return False
+    try:
+        status = store.get_json(run_id, RUN_SUMMARY, "status.json")
+    except MissingObjectError:
+        return True  # a run made before status records existed
+    return status.get("status") == "succeeded"
+
+
 def collect_study_run(store, plan: dict) -> dict:
     """A finished run's record: its plan, metrics (without the per-question arrays), the steps' work seconds
     and :func:`study_table`."""
@@ -122,8 +137,14 @@ def study(config: str, overrides: list[str], *, seeds: int, arms: tuple[str, ...
     store.check(create=False)
     have = set(store.list_runs())
     for p in plans:
-        if p["run_id"] in have and store.is_complete(p["run_id"], "report", "report"):
+        if p["run_id"] not in have:
+            continue  # a record kept in the file stands for a run no longer in this store
+        if finished(store, p["run_id"]):
             book["runs"][p["run_id"]] = collect_study_run(store, p)
+        else:  # running again, or a fork in progress: an earlier record of it is not its result
+            book["runs"].pop(p["run_id"], None)
+    wanted = {p["run_id"] for p in plans}  # records of other plans (other sizes, older ids) are not this study
+    book["runs"] = {k: v for k, v in book["runs"].items() if k in wanted}
     book["command"] = ("python -m benchmarks.science study --config " + str(Path(config)) + f" --seeds {seeds}"
                        + (f" --arms {','.join(arms)}" if tuple(arms) != tuple(ARMS) else "")
                        + "".join(f" --set {o}" for o in overrides))

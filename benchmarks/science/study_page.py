@@ -233,7 +233,8 @@ def render_study_section(book: dict) -> list[str]:
     L += ["", "### The gate (OOD primary)", "",
           "Effect present: EnsemW2S − single ≥ +2.0 points with lower bound > 0, and EnsemW2S − bagging lower bound "
           "> 0. Averaging only: the first holds, the second interval includes 0. Absent at this scale: the upper "
-          "bound of EnsemW2S − single < +2.0 points on ID and OOD.", "", sentence, ""]
+          "bound of EnsemW2S − single < +2.0 points on ID and OOD. Each difference pools the seeds in which both "
+          "of its arms finished (the *per seed* column).", "", sentence, ""]
 
     # mechanism: disagreement and oracle
     L += ["### Do the experts differ? Disagreement and oracle", "",

@@ -200,7 +200,8 @@ def fork(cfg, src_run: str, run_id: str) -> None:
     if store.list_steps(run_id):
         print(f"run {run_id} already has artifacts: resuming it, not copying {src_run} again", flush=True)
         return
-    copied = store.copy_run(src_run, run_id)
+    # not the report: until the fork's own report step has run, it must not look finished (runs list, pages)
+    copied = store.copy_run(src_run, run_id, skip=(keys.RUN_SUMMARY, keys.REPORT))
     print(f"forked {len(copied)} artifacts of run {src_run} into {run_id}; steps whose config and inputs are "
           "unchanged will be restored, the rest recomputed", flush=True)
 

@@ -41,6 +41,23 @@ def test_copy_run_copies_complete_artifacts_and_marks_the_fork(store, tmp_path):
         store.copy_run("no-such-run", "dst2")
 
 
+def test_a_fork_leaves_out_the_report_until_its_own_report_step_runs(store, s3_env, tmp_path):
+    """A fork in progress must not look finished (runs list 'complete', a page reading its metrics)."""
+    import dataclasses
+
+    from ensemw2s import local
+    from ensemw2s.steps import keys
+
+    for step in (keys.SPLIT_DATA, keys.REPORT):
+        store.put_dir(_tree(tmp_path / step, {"f.json": b"{}"}), "fsrc", step, "report" if step == keys.REPORT
+                      else "splits", producer=step, config_hash="h")
+    cfg = load_config("configs/tiny.yaml")
+    cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, bucket=store.bucket))
+    local.fork(cfg, "fsrc", "fdst")
+    assert store.is_complete("fdst", keys.SPLIT_DATA, "splits")
+    assert not store.is_complete("fdst", keys.REPORT, "report")
+
+
 def test_resume_key_changes_when_an_input_changes(store, tmp_path, monkeypatch):
     from ensemw2s.config import StorageConfig
     from ensemw2s.steps.stepio import StepIO
