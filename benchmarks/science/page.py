@@ -56,9 +56,16 @@ TOOL = "python -m benchmarks.science"
 
 def pooled_paired(runs: list[dict], a: str, b: str, split: str, *, n_boot: int = 4000, seed: int = 0) -> Optional[dict]:
     """A - B over the same questions, seeds as strata (see the module docstring); None when a run lacks them."""
+    return pool_over_seeds([(correct_of(r, a, split), correct_of(r, b, split)) for r in runs], n_boot=n_boot,
+                           seed=seed)
+
+
+def pool_over_seeds(pairs: list[tuple[dict, dict]], *, n_boot: int = 4000, seed: int = 0) -> Optional[dict]:
+    """A - B, one ``({id: correct of A}, {id: correct of B})`` per seed, paired on the ids both have and pooled
+    with the seeds as strata: ``diff``, ``ci_low``, ``ci_high``, ``per_seed``, ``n_pairs``, ``mcnemar_p``,
+    ``se``; None when a seed has no question in common (or there is none)."""
     diffs, xa, xb = [], [], []
-    for r in runs:
-        ca, cb = correct_of(r, a, split), correct_of(r, b, split)
+    for ca, cb in pairs:
         ids = sorted(set(ca) & set(cb))
         if not ids:
             return None
@@ -66,6 +73,8 @@ def pooled_paired(runs: list[dict], a: str, b: str, split: str, *, n_boot: int =
         diffs.append(np.asarray(va, float) - np.asarray(vb, float))
         xa += va
         xb += vb
+    if not diffs:
+        return None
     boot = stratified_bootstrap(diffs, n_boot=n_boot, seed=seed)
     return {"diff": boot["diff"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"],
             "per_seed": boot["per_stratum"], "n_pairs": boot["n"], "mcnemar_p": mcnemar_p(xa, xb),

@@ -123,10 +123,11 @@ def correct_of(run: dict, model: str, split: str) -> dict:
     return {i: b == "1" for i, b in zip(table["ids"][split], bits) if b != "-"}
 
 
-def collect_run(store, run_id: str) -> dict:
+def collect_run(store, run_id: str, table=None) -> dict:
     """What the page needs of one finished run, from object storage (MissingObjectError when it has no report
     or no run summary): ``run_id``, ``metrics``, ``summary`` (with the steps' timing records as they are now),
-    ``config`` (the stored config, None if absent) and ``correct`` (:func:`correct_table`)."""
+    ``config`` (the stored config, None if absent) and ``correct`` (``table(predictions)``, by default
+    :func:`correct_table`)."""
     import tempfile
 
     from ensemw2s import provenance
@@ -147,7 +148,7 @@ def collect_run(store, run_id: str) -> dict:
     except MissingObjectError:
         config = None
     return {"run_id": run_id, "metrics": metrics, "summary": summary, "config": config,
-            "correct": correct_table(preds)}
+            "correct": (table or correct_table)(preds)}
 
 
 def recorded_runs(path: Path) -> dict[str, dict]:

@@ -24,7 +24,7 @@ from typing import Optional
 from ensemw2s.config import load_config
 
 from . import REPO, RESULTS_DIR
-from .runs import run_id_for, run_plans
+from .runs import collect_run, run_id_for, run_plans
 
 DEFAULT_STUDY_CONFIG = REPO / "configs" / "boosting_study.yaml"
 # arm -> (label, overrides)
@@ -96,22 +96,13 @@ def finished(store, run_id: str) -> bool:
 
 
 def collect_study_run(store, plan: dict) -> dict:
-    """A finished run's record: its plan, metrics (without the per-question arrays), the steps' work seconds
-    and :func:`study_table`."""
-    import tempfile
+    """A finished run's record: its plan, metrics, the steps' work seconds and :func:`study_table`."""
+    from ensemw2s.provenance import produced_seconds
 
-    from ensemw2s import provenance
-    from ensemw2s.data import read_jsonl
-    from ensemw2s.steps.keys import REPORT
-
-    with tempfile.TemporaryDirectory() as tmp:
-        store.get_dir(plan["run_id"], REPORT, "report", Path(tmp) / "report")
-        metrics = json.loads((Path(tmp) / "report" / "metrics.json").read_text())
-        preds = read_jsonl(Path(tmp) / "report" / "predictions.jsonl", validate=False)
-    timings = provenance.step_timings(store, plan["run_id"])
-    return {**{k: plan[k] for k in ("arm", "seed", "run_id", "overrides", "label")}, "metrics": metrics,
-            "work_seconds": {k: provenance.produced_seconds(t) for k, t in timings.items()},
-            "table": study_table(preds)}
+    rec = collect_run(store, plan["run_id"], table=study_table)
+    return {**{k: plan[k] for k in ("arm", "seed", "run_id", "overrides", "label")}, "metrics": rec["metrics"],
+            "work_seconds": {k: produced_seconds(t) for k, t in rec["summary"]["timings"].items()},
+            "table": rec["correct"]}
 
 
 def study(config: str, overrides: list[str], *, seeds: int, arms: tuple[str, ...], run: bool, records: Path,

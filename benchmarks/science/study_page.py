@@ -8,15 +8,15 @@ different options; an arm's figure is the mean over its expert pairs, then over 
 """
 from __future__ import annotations
 
-import math
 from itertools import combinations
 from typing import Optional
 
 import numpy as np
 
 from ensemw2s import diagnostics
-from ensemw2s.stats import mcnemar_p, mean_std, stratified_bootstrap, stratified_paired_se
+from ensemw2s.stats import mean_std
 
+from .page import _ci, pool_over_seeds
 from .study import ARMS
 
 SPLIT_TAGS = (("easy_test", "ID"), ("hard_test", "OOD"))
@@ -52,23 +52,10 @@ def accuracy(run: dict, model: str, split: str) -> Optional[float]:
 
 def paired(runs: list[dict], a: tuple[str, str], b: tuple[str, str], split: str) -> Optional[dict]:
     """(arm, model) A − (arm, model) B, paired on the questions of each seed both have, seeds as strata; only the
-    seeds where both arms finished."""
+    seeds where both arms finished (and have questions in common)."""
     A, B = by_seed(runs, a[0]), by_seed(runs, b[0])
-    diffs, xa, xb, seeds = [], [], [], []
-    for seed in sorted(set(A) & set(B)):
-        ca, cb = _bits(A[seed], "correct", a[1], split), _bits(B[seed], "correct", b[1], split)
-        ids = sorted(set(ca) & set(cb))
-        if not ids:
-            continue
-        va, vb = [ca[i] for i in ids], [cb[i] for i in ids]
-        diffs.append(np.asarray(va, float) - np.asarray(vb, float))
-        xa += va
-        xb += vb
-        seeds.append(seed)
-    if not diffs:
-        return None
-    boot = stratified_bootstrap(diffs, n_boot=4000, seed=0)
-    return {**boot, "seeds": seeds, "mcnemar_p": mcnemar_p(xa, xb), "se": stratified_paired_se(diffs)}
+    pairs = [(_bits(A[s], "correct", a[1], split), _bits(B[s], "correct", b[1], split)) for s in sorted(set(A) & set(B))]
+    return pool_over_seeds([(ca, cb) for ca, cb in pairs if set(ca) & set(cb)])
 
 
 def predictions(run: dict) -> list[dict]:
@@ -145,14 +132,6 @@ def _pm(xs, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" ({k} of {len(xs)} seeds)" if k != len(xs) else "")
 
 
-def _ci(d: Optional[dict]) -> str:
-    if not d:
-        return "— | — | — | —"
-    z = f" ({d['diff'] / d['se']:+.1f} SE)" if d.get("se") and math.isfinite(d["se"]) and d["se"] > 0 else ""
-    return (f"{d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]{z} | p = {d['mcnemar_p']:.3f} | "
-            + ", ".join(f"{x:+.3f}" for x in d["per_stratum"]) + f" | {d['n']}")
-
-
 def _round_values(runs: list[dict], key: str, t: int) -> list:
     """Round ``t``'s entry of the per-round list ``key`` of each run's metrics (None where absent)."""
     out = []
@@ -209,25 +188,24 @@ def render_study_section(book: dict) -> list[str]:
     L += ["", "Mean ± std over seeds (a value alone: one seed).", ""]
 
     # paired differences
-    comparisons = [
-        (f"EnsemW2S (T = {T}) − single expert", ("ensemw2s", "LAST"), ("ensemw2s", "weak_single")),
-        (f"EnsemW2S (T = {T}) − bagging (T = {T})", ("ensemw2s", "LAST"), ("bagging", "LAST")),
-        (f"bagging (T = {T}) − single expert", ("bagging", "LAST"), ("ensemw2s", "weak_single")),
-        ("EnsemW2S (T on easy_val) − single expert", ("ensemw2s", "ensemble"), ("ensemw2s", "weak_single")),
-        (f"answer-level error (T = {T}) − single expert", ("answer", "LAST"), ("ensemw2s", "weak_single")),
-        (f"answer-level − token error (T = {T})", ("answer", "LAST"), ("ensemw2s", "LAST")),
-    ]
     last = f"ensemble_r{T}"
-    fix = lambda am: (am[0], last if am[1] == "LAST" else am[1])  # noqa: E731
+    comparisons = [
+        (f"EnsemW2S (T = {T}) − single expert", ("ensemw2s", last), ("ensemw2s", "weak_single")),
+        (f"EnsemW2S (T = {T}) − bagging (T = {T})", ("ensemw2s", last), ("bagging", last)),
+        (f"bagging (T = {T}) − single expert", ("bagging", last), ("ensemw2s", "weak_single")),
+        ("EnsemW2S (T on easy_val) − single expert", ("ensemw2s", "ensemble"), ("ensemw2s", "weak_single")),
+        (f"answer-level error (T = {T}) − single expert", ("answer", last), ("ensemw2s", "weak_single")),
+        (f"answer-level − token error (T = {T})", ("answer", last), ("ensemw2s", last)),
+    ]
     L += ["Paired differences on the same questions, seeds pooled as strata (95 % bootstrap interval; McNemar "
           "exact p):", "", "| difference | split | mean [95 % CI] | McNemar p | per seed | pairs |",
           "|---|---|---|---|---|---|"]
     res = {}
     for name, a, b in comparisons:
         for split, tag in SPLIT_TAGS:
-            d = paired(runs, fix(a), fix(b), split)
+            d = paired(runs, a, b, split)
             res[(name, tag)] = d
-            L.append(f"| {name} | {tag} | {_ci(d)} |")
+            L.append(f"| {name} | {tag} | {_ci(d) if d else '— | — | — | —'} |")
     verdict, sentence = gate(res[(comparisons[0][0], "OOD")], res[(comparisons[1][0], "OOD")],
                              res[(comparisons[0][0], "ID")])
     L += ["", "### The gate (OOD primary)", "",
@@ -271,6 +249,7 @@ def render_study_section(book: dict) -> list[str]:
         if not rs:
             continue
         rounds = rounds_of(rs[0])
+        preds = [predictions(r) for r in rs]
         L += [f"Pairwise disagreement of the **{arm}** experts, OOD (mean over {len(rs)} "
               f"seed{'s' if len(rs) > 1 else ''}):", "",
               "| | " + " | ".join(f"r{t}" for t in rounds) + " |", "|---|" + "---|" * len(rounds)]
@@ -280,7 +259,7 @@ def render_study_section(book: dict) -> list[str]:
                 if a == b:
                     cells.append("·")
                     continue
-                vals = [disagreement(r, f"expert_r{a}", f"expert_r{b}", "hard_test") for r in rs]
+                vals = [diagnostics.disagreement(p, f"expert_r{a}", f"expert_r{b}", "hard_test") for p in preds]
                 cells.append(_pm(vals)[:5] if mean_std(vals)[0] is not None else "—")
             L.append(f"| r{a} | " + " | ".join(cells) + " |")
         L.append("")
