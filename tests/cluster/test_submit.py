@@ -238,23 +238,35 @@ def test_compare_table_from_fake_metrics(tmp_path):
     runs = child_runs(ab.plan(), "abl-base")
     assert [r["run_id"] for r in runs][:2] == ["abl-base-g00-prior-s0", "abl-base-g00-prior-s1"]
     metrics = {}
+
+    def gap(low):  # the paired ceiling - weak differences that decide whether a PGR is shown
+        return {f"paired_ceiling_minus_{w}_ood_{k}": v for w in ("single", "ensemble")
+                for k, v in (("diff", low + 0.05), ("ci_low", low), ("ci_high", low + 0.1), ("n", 100))}
+
     for r in runs:
         base = 0.5 if r["point"].endswith("prior") else 0.6
-        metrics[r["run_id"]] = {m: base + 0.1 * r["seed"] for m in METRICS}
+        metrics[r["run_id"]] = {m: base + 0.1 * r["seed"] for m in METRICS} | gap(0.02)
     metrics["abl-base-g01-samme-s2"] = None  # a missing report is reported, not fatal
+    # seed 2 of prior: the ceiling - weak interval includes 0, so its PGR (0.7) is noise and not averaged
+    metrics["abl-base-g00-prior-s2"] |= gap(-0.03)
     summary = write_outputs(tmp_path, runs, metrics, ["boosting.alpha_rule"], "abl-base")
     rows = {r["point"]: r for r in summary["table"]}
     assert rows["g00-prior"]["ensemble_acc_ood_mean"] == pytest.approx(0.6)
     assert rows["g00-prior"]["ensemble_acc_ood_std"] == pytest.approx(0.1)
+    assert rows["g00-prior"]["pgr_ens_mean"] == pytest.approx(0.55)
+    assert (rows["g00-prior"]["pgr_ens_n"], rows["g00-prior"]["pgr_ens_no_gap"]) == (2, 1)
     assert rows["g01-samme"]["seeds"] == 2 and rows["g01-samme"]["pgr_ens_mean"] == pytest.approx(0.65)
     md = (tmp_path / "compare.md").read_text()
     assert "| g00-prior | prior | 3/3 | 0.600 ± 0.100" in md and "abl-base-g01-samme-s2" in md
+    assert "0.550 ± 0.071 (2 of 3; 1 no gap)" in md
     with open(tmp_path / "compare.csv") as fh:
         table = list(csv.DictReader(fh))
     assert [r["point"] for r in table] == ["g00-prior", "g01-samme"]
     assert float(table[1]["ensemble_acc_ood_mean"]) == pytest.approx(0.65)
     with open(tmp_path / "runs.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 6
+        per_run = list(csv.DictReader(fh))
+    assert len(per_run) == 6
+    assert [r["pgr_ens"] for r in per_run if r["run_id"] == "abl-base-g00-prior-s2"] == ["no gap"]
     assert (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -19,6 +19,7 @@ from typing import Optional
 from ensemw2s.ablation import ablation_from_dict, child_runs, load_ablation
 from ensemw2s.config import StorageConfig, config_hash
 from ensemw2s.errors import ConfigError
+from ensemw2s.evaluation import NO_GAP, PGR_GAPS, guarded
 from ensemw2s.stats import mean_std
 from ensemw2s.steps.stepio import StepIO, base_parser, read_json, run_main, write_json
 
@@ -32,7 +33,11 @@ METRICS = ("weak_single_acc_id", "weak_single_acc_ood", "ensemble_acc_id", "ense
 
 def build_table(runs: list[dict], metrics_by_run: dict[str, Optional[dict]],
                 grid_keys: list[str]) -> list[dict]:
-    """One row per grid point: the grid values, seeds found / planned, and mean/std of every metric."""
+    """One row per grid point: the grid values, seeds found / planned, and mean/std of every metric.
+
+    A PGR is averaged over the seeds where it is shown (:func:`ensemw2s.evaluation.guarded`: the paired
+    ceiling − weak gap is above 0 with its interval); ``<pgr>_no_gap`` counts the seeds where that gap was
+    noise, whose PGR (a ratio of two noisy differences) would otherwise dominate the mean."""
     rows: list[dict] = []
     for point in dict.fromkeys(r["point"] for r in runs):
         mine = [r for r in runs if r["point"] == point]
@@ -41,7 +46,11 @@ def build_table(runs: list[dict], metrics_by_run: dict[str, Optional[dict]],
                      "seeds": len(found), "seeds_planned": len(mine),
                      "missing": [r["run_id"] for r in mine if metrics_by_run.get(r["run_id"]) is None]}
         for m in METRICS:
-            row[f"{m}_mean"], row[f"{m}_std"], _ = mean_std([f.get(m) for f in found])
+            values = [guarded(f, m) for f in found]
+            row[f"{m}_mean"], row[f"{m}_std"], _ = mean_std(values)
+            if m in PGR_GAPS:
+                row[f"{m}_n"] = sum(v not in (None, NO_GAP) for v in values)
+                row[f"{m}_no_gap"] = values.count(NO_GAP)
         rows.append(row)
     return rows
 
@@ -50,15 +59,26 @@ def _fmt(mean: Optional[float], std: Optional[float]) -> str:
     return "—" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def _cell(row: dict, m: str) -> str:
+    """A metric's mean ± std; a PGR also says over how many seeds, and how many had no gap to recover."""
+    text = _fmt(row[f"{m}_mean"], row[f"{m}_std"])
+    if m not in PGR_GAPS or not (row[f"{m}_no_gap"] or row[f"{m}_n"] != row["seeds"]):
+        return text
+    notes = [f"{row[f'{m}_n']} of {row['seeds']}"] if row[f"{m}_n"] else []
+    notes += [f"{row[f'{m}_no_gap']} {NO_GAP}"] if row[f"{m}_no_gap"] else []
+    return f"{text} ({'; '.join(notes)})"
+
+
 def render_markdown(rows: list[dict], grid_keys: list[str], base_run_id: str) -> str:
     head = ["point", *grid_keys, "seeds", *METRICS]
     lines = [f"# EnsemW2S ablation {base_run_id}", "",
              "Mean ± sample std over seeds; accuracies by the primary method (see each run's report); "
-             "PGR = (student − weak) / (ceiling − weak).", "",
+             "PGR = (student − weak) / (ceiling − weak), averaged over the seeds where the paired ceiling − weak "
+             f"gap is above 0 with its 95 % interval (\"{NO_GAP}\": seeds where it is not).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["point"], *[str(r[k]) for k in grid_keys], f"{r['seeds']}/{r['seeds_planned']}",
-                 *[_fmt(r[f"{m}_mean"], r[f"{m}_std"]) for m in METRICS]]
+                 *[_cell(r, m) for m in METRICS]]
         lines.append("| " + " | ".join(cells) + " |")
     missing = [rid for r in rows for rid in r["missing"]]
     if missing:
@@ -106,10 +126,11 @@ def write_outputs(out_dir: Path, runs: list[dict], metrics_by_run: dict, grid_ke
     md = render_markdown(rows, grid_keys, base_run_id)
     (out_dir / "compare.md").write_text(md)
     stat_cols = [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    stat_cols += [f"{m}_{s}" for m in PGR_GAPS for s in ("n", "no_gap")]
     write_csv(out_dir / "compare.csv", rows, ["point", *grid_keys, "seeds", "seeds_planned", *stat_cols])
     per_run = [{"point": r["point"], "seed": r["seed"], "run_id": r["run_id"],
                 **{k: r["values"].get(k) for k in grid_keys},
-                **{m: (metrics_by_run.get(r["run_id"]) or {}).get(m) for m in METRICS}} for r in runs]
+                **{m: guarded(metrics_by_run.get(r["run_id"]) or {}, m) for m in METRICS}} for r in runs]
     write_csv(out_dir / "runs.csv", per_run, ["point", "seed", "run_id", *grid_keys, *METRICS])
     plot(rows, out_dir / "compare.png")
     summary = {"base_run_id": base_run_id, "grid_keys": grid_keys, "table": rows, "runs": per_run}
