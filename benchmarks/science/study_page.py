@@ -155,8 +155,9 @@ def render_study_section(book: dict) -> list[str]:
     m0 = next(iter(main.values()))["metrics"] if main else runs[0]["metrics"]
     T = max(rounds_of(runs[0])) if rounds_of(runs[0]) else m0.get("rounds")
     seeds = sorted({r["seed"] for r in runs})
+    n_val = len(runs[0]["table"]["ids"].get("easy_val") or []) or "—"  # the questions T is chosen on
     L += [f"The experts alone, without the student stage (`student.enabled: false`), on larger test sets (ID n = "
-          f"{m0.get('n_id')}, OOD n = {m0.get('n_ood')}, easy_val 100), {T} boosting rounds with T fixed (the "
+          f"{m0.get('n_id')}, OOD n = {m0.get('n_ood')}, easy_val n = {n_val}), {T} boosting rounds with T fixed (the "
           f"ensemble of all {T} rounds, `ensemble_r{T}`). Arms, each a real pipeline run per seed: "
           + "; ".join(f"**{a}** = {label}" for a, (label, _) in ARMS.items())
           + "; and the single expert (all of easy_train, equal weights), the same in every arm of a seed. "

@@ -27,6 +27,7 @@ def _run(arm: str, seed: int = 0, *, experts=CHOSEN, ensemble=(0, 0, 1, 0, 0), s
         preds += _preds(f"ensemble_r{len(experts)}", list(ensemble), split)
         preds += _preds("ensemble", list(ensemble), split)
         preds += _preds("weak_single", list(single), split)
+    preds += _preds("ensemble", list(ensemble), "easy_val")  # the split T is chosen on
     metrics = {"n_id": 5, "n_ood": 5, "rounds": len(experts), "eps": [0.4, 0.45, 0.47], "alphas": [1.0, 0.8, 0.7],
                "weights_ess": [1.0, 0.9, 0.8]}
     return {"arm": arm, "seed": seed, "run_id": f"sci-study-{arm}-s{seed}", "overrides": [], "label": arm,
@@ -69,6 +70,7 @@ def test_the_section_from_a_small_book():
     # bagging: r1 = r2 (0), r1-r3 and r2-r3 differ on q2 (0.2 each) -> mean 0.133; boosted / bagged = 4.00x
     assert "| bagging | 0.133 | 0.133 |" in text
     assert "ID 4.00×, OOD 4.00×" in text and "Boosting makes its experts differ" in text
+    assert "(ID n = 5, OOD n = 5, easy_val n = 5)" in text
     assert "Not finished: answer seed 0" in text
     assert "### The gate (OOD primary)" in text and "Not measured: the expert gate's verdict" in text
     assert sp.render_study_section({"runs": {}})[-2].startswith("No run of the study has finished")
