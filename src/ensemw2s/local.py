@@ -257,8 +257,11 @@ def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None
     out(f"total {s['wall_seconds']:.1f} s; steps' own work {s['step_work_seconds']:.1f} s; orchestration + "
         f"interpreter start-up {s['orchestration_overhead_per_step']:.2f} s per step")
     out("\n" + (Path(s["report_dir"]) / "report.md").read_text())
+    from ensemw2s.diagnostics import DIAG_PLOTS
+
+    plots = ", ".join(["accuracy_by_round.png", *(name for name, _ in DIAG_PLOTS)])
     out(f"report: {s['report_uri']}/files/report.md (local copy: {s['report_dir']}/report.md, "
-        f"report.html, accuracy_by_round.png)")
+        f"report.html, {plots})")
     out(f"page:   {s['report_dir']}/report.html (open in a browser; all runs: ensemw2s runs page -o runs-page)")
     out(f"logs:   {s['log_dir']}/<step>.log (`ensemw2s runs log {run_id} <step>`; "
         f"`ensemw2s runs show {run_id}` lists the steps)")
