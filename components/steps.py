@@ -17,9 +17,11 @@ from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def start_run(run_id: str, seed: int, rounds: int, data_cfg: str, experts_cfg: str, boosting_cfg: str,
-              ensemble_cfg: str, student_cfg: str, eval_cfg: str, resources_cfg: str, storage_cfg: str):
-    """A cluster run's first task: take the run id's lease for this KFP run (a second live run of the run id
-    fails here) and store the run's config at runs/<run_id>/run-summary/config.json (for rerun-step)."""
+              ensemble_cfg: str, student_cfg: str, eval_cfg: str, resources_cfg: str, storage_cfg: str,
+              students: bool = True):
+    """A cluster run's first task: check the run's config against the DAG it was compiled into (``rounds``,
+    ``students``: both change the steps), take the run id's lease for this KFP run (a second live run of the run
+    id fails here) and store the run's config at runs/<run_id>/run-summary/config.json (for rerun-step)."""
     import json
 
     from ensemw2s import lease
@@ -37,6 +39,10 @@ def start_run(run_id: str, seed: int, rounds: int, data_cfg: str, experts_cfg: s
     if cfg.boosting.rounds != rounds:
         raise ConfigError(f"boosting.rounds: {cfg.boosting.rounds} but this pipeline was compiled for {rounds} "
                           "rounds (rounds change the DAG: compile again with the new value)")
+    if cfg.student.enabled != students:
+        raise ConfigError(f"student.enabled: {str(cfg.student.enabled).lower()} but this pipeline was compiled "
+                          f"{'with' if students else 'without'} the student steps (student.enabled changes the DAG: "
+                          "compile again with the new value)")
     store = Store.from_config(storage)
     store.check()
     holder = lease.cluster_holder()

@@ -76,7 +76,8 @@ def build_pipeline(cfg: Config, *, for_cluster: bool = False, image: Optional[st
             start = plumb(c.start_run(run_id=run_id, seed=seed, rounds=T, data_cfg=cf["data"],
                                       experts_cfg=cf["experts"], boosting_cfg=cf["boosting"],
                                       ensemble_cfg=cf["ensemble"], student_cfg=cf["student"], eval_cfg=cf["eval"],
-                                      resources_cfg=defaults["resources"], storage_cfg=storage_cfg), keys.START_RUN)
+                                      resources_cfg=defaults["resources"], storage_cfg=storage_cfg,
+                                      students=students), keys.START_RUN)
         split = plumb(comp(keys.SPLIT_DATA).split_data(data_cfg=cf["data"], weak_cfg=cf["split_weak"], seed=seed,
                                                        run_id=run_id, storage_cfg=storage_cfg), keys.SPLIT_DATA)
         if start is not None:

@@ -202,3 +202,17 @@ def st_digest(st, run_id, step, output) -> str:
     from ensemw2s.steps.stepio import manifest_digest
 
     return manifest_digest(st.get_manifest(run_id, step, output))
+
+
+def test_start_run_refuses_a_config_whose_student_stage_is_not_the_compiled_one(repo_root, s3_env):
+    """student.enabled removes steps from the DAG: a run submitted with the other value (its student config is a
+    run parameter) fails at its first task instead of running a DAG its report would misdescribe."""
+    from ensemw2s.config import load_config, section_to_json
+    from ensemw2s.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="student.enabled: true but this pipeline was compiled without"):
+        _start_run(repo_root, unique_bucket(), "students-mismatch", students=False)
+    off = load_config(repo_root / "configs/tiny.yaml", ["student.enabled=false"])
+    with pytest.raises(ConfigError, match="student.enabled: false but this pipeline was compiled with the student"):
+        _start_run(repo_root, unique_bucket(), "students-mismatch", student_cfg=section_to_json(off.student))
+
