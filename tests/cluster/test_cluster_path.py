@@ -215,4 +215,3 @@ def test_start_run_refuses_a_config_whose_student_stage_is_not_the_compiled_one(
     off = load_config(repo_root / "configs/tiny.yaml", ["student.enabled=false"])
     with pytest.raises(ConfigError, match="student.enabled: false but this pipeline was compiled with the student"):
         _start_run(repo_root, unique_bucket(), "students-mismatch", student_cfg=section_to_json(off.student))
-
