@@ -54,6 +54,7 @@ def store_run(store, run_id: str, *, seed: int = 0, shift: float = 0.0, override
     from ensemw2s.evaluation import build_metrics, render_report
     from ensemw2s.plots import plot_by_round
     from ensemw2s.steps import keys
+    from ensemw2s.steps.report import BY_ROUND_PLOT
 
     cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs/tiny.yaml"),
                       [f"seed={seed}", f"boosting.rounds={ROUNDS}", *overrides])
@@ -102,8 +103,8 @@ def store_run(store, run_id: str, *, seed: int = 0, shift: float = 0.0, override
     rd.mkdir()
     (rd / "metrics.json").write_text(json.dumps(metrics))
     (rd / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
-    (rd / "report.md").write_text(render_report(metrics, "accuracy_by_round.png"))
-    plot_by_round([metrics], rd / "accuracy_by_round.png")
+    (rd / "report.md").write_text(render_report(metrics, BY_ROUND_PLOT))
+    plot_by_round([metrics], rd / BY_ROUND_PLOT)
     (rd / "report.html").write_text(site.run_page({"run_id": run_id, "metrics": metrics}))
     store.put_dir(rd, run_id, keys.REPORT, "report", producer=keys.REPORT, config_hash="test")
     store.put_json(run_id, keys.RUN_SUMMARY, "summary.json", {

@@ -258,8 +258,9 @@ def run(cfg, run_id: str, *, from_run: str | None = None, config_arg: str | None
         f"interpreter start-up {s['orchestration_overhead_per_step']:.2f} s per step")
     out("\n" + (Path(s["report_dir"]) / "report.md").read_text())
     from ensemw2s.diagnostics import DIAG_PLOTS
+    from ensemw2s.steps.report import BY_ROUND_PLOT
 
-    plots = ", ".join(["accuracy_by_round.png", *(name for name, _ in DIAG_PLOTS)])
+    plots = ", ".join([BY_ROUND_PLOT, *(name for name, _ in DIAG_PLOTS)])
     out(f"report: {s['report_uri']}/files/report.md (local copy: {s['report_dir']}/report.md, "
         f"report.html, {plots})")
     out(f"page:   {s['report_dir']}/report.html (open in a browser; all runs: ensemw2s runs page -o runs-page)")

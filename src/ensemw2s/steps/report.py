@@ -16,6 +16,9 @@ from ensemw2s.steps.stepio import StepIO, base_parser, read_json, step_main, wri
 
 STEP = keys.REPORT
 
+# the plot of every model's accuracy by round, next to report.md (report.md links it; make run names it)
+BY_ROUND_PLOT = "accuracy_by_round.png"
+
 
 def build_parser():
     p = base_parser(STEP, __doc__.splitlines()[0])
@@ -67,10 +70,10 @@ def run(ev: EvalConfig, *, eval_dirs: dict[str, Path], out_dir: Path, seed: int,
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "predictions.jsonl", preds)
-    plot_by_round([metrics], out_dir / "accuracy_by_round.png")
+    plot_by_round([metrics], out_dir / BY_ROUND_PLOT)
     for (name, _), plot in zip(DIAG_PLOTS, (plot_disagreement, plot_expert_accuracy)):  # report.md links them
         plot(metrics, out_dir / name)
-    md = render_report(metrics, "accuracy_by_round.png")
+    md = render_report(metrics, BY_ROUND_PLOT)
     (out_dir / "report.md").write_text(md)
     # the page of `ensemw2s runs page`, plots embedded: what the KFP UI shows for the HTML artifact
     (out_dir / "report.html").write_text(run_page(page_record(metrics, io.store, run_id)), encoding="utf-8")
