@@ -275,7 +275,7 @@ def render_study_section(book: dict) -> list[str]:
         rs = list(by_seed(runs, arm).values())
         if not rs:
             continue
-        for t in rounds_of(rs[0]):
+        for t in sorted(set().union(*map(rounds_of, rs))):  # a round skipped (alpha <= 0) in one seed still counts
             L.append(f"| {arm} | {t} | {_pm(_round_values(rs, 'eps', t))} | "
                      f"{_pm(_round_values(rs, 'alphas', t), 2)} | {_pm(_round_values(rs, 'weights_ess', t))} | "
                      f"{_pm([accuracy(r, f'expert_r{t}', 'hard_test') for r in rs])} | "

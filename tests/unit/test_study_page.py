@@ -76,6 +76,16 @@ def test_the_section_from_a_small_book():
     assert sp.render_study_section({"runs": {}})[-2].startswith("No run of the study has finished")
 
 
+def test_by_round_rows_cover_a_round_skipped_in_the_first_seed():
+    skipped = {m: c for m, c in CHOSEN.items() if m != "expert_r2"}  # seed 0's round 2 had alpha <= 0
+    book = {"runs": {r["run_id"]: r for r in (_run("ensemw2s", 0, experts=skipped), _run("ensemw2s", 1))},
+            "command": "python -m benchmarks.science study"}
+    rows = [ln for ln in sp.render_study_section(book) if ln.startswith("| ensemw2s | ")]
+    by_round = [ln.split(" | ")[1] for ln in rows if ln.split(" | ")[1].isdigit()]
+    assert by_round == ["1", "2", "3"]
+    assert "| ensemw2s | 2 |" in "\n".join(rows) and "(1 of 2 seeds)" in next(r for r in rows if "| 2 |" in r)
+
+
 def test_plans_fork_each_seed_from_its_ensemw2s_run():
     plans = plan_study("configs/boosting_study.yaml", [], 2)
     assert [(p["arm"], p["seed"]) for p in plans] == [("ensemw2s", 0), ("bagging", 0), ("ensemw2s", 1),
